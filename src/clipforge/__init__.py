@@ -1,0 +1,14 @@
+"""clipforge: forge a CLIP from a pretrained image tower and a pretrained text tower, on a CPU.
+
+Library API (the CLI is a thin layer over these):
+    from clipforge import DualEncoder, ZeroShotClassifier, load_config, align
+"""
+__version__ = "0.1.0"
+
+from . import align
+from .config import RunConfig, load_config
+from .errors import ClipforgeError, ConfigError
+from .evaluate.zeroshot import ZeroShotClassifier
+from .model import DualEncoder
+
+__all__ = ["DualEncoder", "ZeroShotClassifier", "RunConfig", "load_config", "align", "ClipforgeError", "ConfigError"]

@@ -1,0 +1,140 @@
+"""Typed configs for every stage, loaded from YAML/JSON and overridable from the command line.
+
+Why pydantic with ``extra="forbid"``: a typo such as ``lerning_rate`` must fail loudly with the field's
+name, not silently train with the default. Overrides use dotted paths (``train.lr=1e-3``) so any field of
+a file can be changed on the command line without writing a new file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    source: str = Field("fashion-mnist", description="'fashion-mnist', 'awa2:<dir>' or 'folder:<dir>'")
+    train_per_class: int | None = Field(300, ge=1, description="images per class used for training; null = all")
+    test_per_class: int | None = Field(200, ge=1, description="images per class used for testing; null = all")
+    split_seed: int = Field(0, ge=0, description="seed of the seen/unseen split (DESIGN.md section 4)")
+    n_unseen: int = Field(3, ge=1)
+    unseen: list[str] | None = Field(None, description="explicit unseen class names (overrides split_seed)")
+    descriptions: str = Field("auto", description="'names', 'templates', 'auto' (packaged file when one exists), or a file path")
+    seed: int = 0
+
+
+class TowersConfig(Strict):
+    image: str = "pkg:efficientnet-lite0"
+    text: str = "pkg:all-MiniLM-L6-v2"
+    image_size: int = Field(112, ge=16, le=1024)
+    invert: bool | None = Field(None, description="invert grey images (light object on dark -> dark on light); null = dataset default")
+    lock_image: bool = True
+    lock_text: bool = True
+    unlock_image_last: int = Field(0, ge=0, description="unlock the last N blocks of the image tower")
+    unlock_text_last: int = Field(0, ge=0, description="unlock the last N layers of the text tower")
+
+
+class HeadConfig(Strict):
+    kind: Literal["linear", "mlp"] = "linear"
+    embed_dim: int = Field(384, ge=2, description="shared embedding width")
+    hidden: int = Field(512, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    text_head: bool = Field(False, description="project the text side too (else text embeddings are used as they are)")
+    similarity: Literal["cosine", "siamese"] = "cosine"
+    siamese_shared: bool = True
+    siamese_hidden: int = Field(256, ge=1)
+    init_temperature: float = Field(0.1, gt=0.0)
+    learn_temperature: bool = True
+    init_bias: float | None = Field(-5.0, description="learnable logit bias (SigLIP-style); does not change rankings")
+
+
+class LossConfig(Strict):
+    kind: Literal["multilabel", "class-softmax", "pair"] = "multilabel"
+    pair_variant: Literal["l1", "bce", "margin"] = "l1"
+    margin: float = 0.2
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(150, ge=1)
+    batch_size: int = Field(0, ge=0, description="0 = full batch (cached features fit in memory)")
+    lr: float = Field(1e-2, gt=0.0)
+    lr_similarity: float | None = Field(None, gt=0.0, description="own learning rate for the similarity net")
+    lr_tower: float = Field(1e-5, gt=0.0, description="learning rate for unlocked tower parameters")
+    weight_decay: float = Field(1e-2, ge=0.0)
+    warmup_steps: int = Field(10, ge=0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    ensemble: int = Field(5, ge=1, description="heads trained from different seeds, scores averaged")
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(25, ge=1, description="epochs between last.pt checkpoints")
+
+
+class RunConfig(Strict):
+    data: DataConfig = DataConfig()
+    towers: TowersConfig = TowersConfig()
+    head: HeadConfig = HeadConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    out: str = "runs/fashion-zsl"
+    cache_dir: str = ".cache/clipforge"
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config field '{field}': remove it or check its spelling")
+        else:
+            lines.append(f"config field '{field}': {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (['a','b'], value). Values are parsed as YAML so ``1e-3``, ``true``, ``[a,b]`` work."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like field.path=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key.strip().split("."), value
+
+
+def build_config(cls: type[Strict], data: dict | None = None, overrides: list[str] = ()) -> Strict:
+    """Validate ``data`` (+ dotted overrides) into ``cls``; raise ConfigError naming the bad field."""
+    data = json.loads(json.dumps(data or {}))
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[path[-1]] = value
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type[Strict] = RunConfig) -> Strict:
+    """Load a YAML or JSON file (or nothing) into a typed config."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{p}' is not valid YAML/JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of sections, not {type(data).__name__}")
+    return build_config(cls, data, overrides)

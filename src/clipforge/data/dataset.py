@@ -1,0 +1,71 @@
+"""The in-memory shape every class dataset takes, plus the report of what was skipped."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class SkipReport:
+    """Items left out of a run, each with its reason, so a bad file never crashes and never goes unnoticed."""
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, item: str, reason: str) -> None:
+        self.items.append((str(item), reason))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps([{"item": i, "reason": r} for i, r in self.items], indent=1, ensure_ascii=False))
+        return path
+
+
+@dataclass
+class ClassDataset:
+    """Images (file paths or uint8 arrays) with integer labels into ``class_names``.
+
+    ``grey_light_on_dark`` tells the image pipeline that these are light objects on a dark ground
+    (MNIST-style), which it may invert so that they look like product photos to an ImageNet tower.
+    """
+    name: str
+    class_names: list[str]
+    images: list | np.ndarray
+    labels: np.ndarray
+    skipped: SkipReport = field(default_factory=SkipReport)
+    grey_light_on_dark: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> "ClassDataset":
+        idx = np.asarray(idx, dtype=np.int64)
+        imgs = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[i] for i in idx]
+        return ClassDataset(self.name, self.class_names, imgs, self.labels[idx], self.skipped, self.grey_light_on_dark)
+
+    def per_class(self, n: int | None, seed: int = 0) -> "ClassDataset":
+        """At most ``n`` items of each class, drawn with a fixed seed (``None`` keeps everything)."""
+        if n is None:
+            return self
+        rng = np.random.RandomState(seed)
+        idx = [rng.permutation(np.flatnonzero(self.labels == c))[:n] for c in range(len(self.class_names))]
+        return self.subset(np.sort(np.concatenate(idx)))
+
+    def fingerprint(self) -> str:
+        """Content hash of the items (paths+sizes+mtimes or raw pixels) and labels: the cache key's data part."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.name, self.class_names, self.grey_light_on_dark]).encode())
+        if isinstance(self.images, np.ndarray):
+            h.update(np.ascontiguousarray(self.images).tobytes())
+        else:
+            for p in self.images:
+                st = Path(p).stat() if Path(p).exists() else None
+                h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]

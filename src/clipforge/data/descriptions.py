@@ -1,0 +1,115 @@
+"""Class -> text descriptions: names, sentence templates, or a user file of descriptions.
+
+A class may have several sentences. Zero-shot uses them the way CLIP's template ensembles do (each
+sentence embedded, normalised, averaged, re-normalised); training uses each sentence as a positive of
+its class. Sentences that several classes share (attributes such as "a garment with long sleeves")
+are kept shared on purpose: they are the bridge that lets attributes learned on seen classes reach
+unseen ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..errors import ConfigError
+
+# A short CLIP-style set: fewer, varied templates help as much as CLIP's 80 on small text towers.
+DEFAULT_TEMPLATES = [
+    "a photo of a {}.",
+    "a black and white photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "a product photo of a {}.",
+    "a drawing of a {}.",
+    "a {}.",
+]
+
+PACKAGED = {"fashion-mnist": "fashion_mnist_descriptions.yaml"}
+
+
+@dataclass
+class ClassDescriptions:
+    """``sentences[c]`` is the list of descriptions of class ``c`` (same order as ``class_names``)."""
+    class_names: list[str]
+    sentences: list[list[str]]
+
+    def vocabulary(self, classes: list[int] | None = None) -> list[str]:
+        """The distinct sentences of the given classes, in a stable order."""
+        classes = range(len(self.class_names)) if classes is None else classes
+        seen, out = set(), []
+        for c in classes:
+            for s in self.sentences[c]:
+                if s not in seen:
+                    seen.add(s)
+                    out.append(s)
+        return out
+
+    def membership(self, vocab: list[str]) -> np.ndarray:
+        """(n_classes, len(vocab)) 0/1 matrix: does class c have sentence v? Shared sentences give several 1s."""
+        m = np.zeros((len(self.class_names), len(vocab)), dtype=np.float32)
+        index = {s: i for i, s in enumerate(vocab)}
+        for c, sents in enumerate(self.sentences):
+            for s in sents:
+                if s in index:
+                    m[c, index[s]] = 1.0
+        return m
+
+
+def from_templates(class_names: list[str], templates: list[str] = DEFAULT_TEMPLATES) -> ClassDescriptions:
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ConfigError(f"templates must contain '{{}}' where the class name goes; bad: {bad}")
+    return ClassDescriptions(class_names, [[t.format(n) for t in templates] for n in class_names])
+
+
+def _parse_file(path: Path, class_names: list[str]) -> list[list[str]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"description file '{path}' is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"description file '{path}' must map class name -> sentence or list of sentences")
+        missing = [n for n in class_names if n not in data]
+        if missing:
+            raise ConfigError(f"description file '{path}' has no entry for classes {missing}")
+        out = []
+        for n in class_names:
+            v = data[n]
+            items = [v] if isinstance(v, str) else list(v or [])
+            items = [str(s).strip() for s in items if str(s).strip()]
+            if not items:
+                raise ConfigError(f"description file '{path}': class '{n}' has no sentence")
+            out.append(items)
+        return out
+    # One line per class, in class order (the AwA2-seed layout: class.txt, class_sentence.txt).
+    # A line may hold several sentences separated by ' | '.
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) != len(class_names):
+        raise ConfigError(f"description file '{path}' has {len(lines)} non-empty lines but there are "
+                          f"{len(class_names)} classes; write one line per class, in class order")
+    return [[s.strip() for s in ln.split(" | ") if s.strip()] for ln in lines]
+
+
+def load_descriptions(class_names: list[str], spec: str = "auto", dataset: str | None = None) -> ClassDescriptions:
+    """Build descriptions from ``spec``: 'names', 'templates', 'auto' or a path (.yaml/.json/.txt)."""
+    if spec == "auto":
+        fname = PACKAGED.get(dataset or "")
+        if fname is None:
+            return from_templates(class_names)
+        spec = str(resources.files("clipforge.data").joinpath(fname))
+    if spec == "names":
+        return ClassDescriptions(class_names, [[n] for n in class_names])
+    if spec == "templates":
+        return from_templates(class_names)
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"config field 'data.descriptions': '{spec}' is neither 'names', 'templates', 'auto' "
+                          "nor an existing file")
+    return ClassDescriptions(class_names, _parse_file(path, class_names))

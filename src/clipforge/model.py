@@ -1,0 +1,127 @@
+"""DualEncoder: two towers, two heads and a similarity, saved and loaded like a Hugging Face model.
+
+``save_pretrained(dir)`` writes ``config.json`` (tower ids, preprocessing, head settings) and
+``model.safetensors`` (heads, similarity, and the tower weights only when a tower was unlocked and
+trained). ``from_pretrained(dir)`` rebuilds the towers from their ids and loads the rest, so a
+locked 17 MB image tower is never copied into every saved model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import HeadConfig
+from .errors import ClipforgeError
+from .heads import CosineSimilarity, HeadEnsemble, Projection, SiameseSimilarity
+from .towers import Tower, build_tower
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def build_heads(cfg: HeadConfig, image_dim: int, text_dim: int, ensemble: int = 1, seed: int = 0):
+    """Image head (ensemble), text head (or identity) and similarity for the given tower widths."""
+    out_dim = cfg.embed_dim if cfg.text_head else text_dim
+    image_head = HeadEnsemble(lambda: Projection(image_dim, out_dim, cfg.kind, cfg.hidden, cfg.dropout), ensemble, seed)
+    text_head = HeadEnsemble(lambda: Projection(text_dim, out_dim, cfg.kind, cfg.hidden, cfg.dropout), 1, seed) \
+        if cfg.text_head else None
+    if cfg.similarity == "cosine":
+        sim = CosineSimilarity(cfg.init_temperature, cfg.learn_temperature, cfg.init_bias)
+    else:
+        sim = SiameseSimilarity(out_dim, out_dim, cfg.siamese_hidden, cfg.siamese_shared)
+    return image_head, text_head, sim
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, image_tower: Tower, text_tower: Tower, head_cfg: HeadConfig, ensemble: int = 1, seed: int = 0,
+                 tower_opts: dict | None = None):
+        super().__init__()
+        self.image_tower, self.text_tower = image_tower, text_tower
+        self.head_cfg, self.ensemble, self.tower_opts = head_cfg, ensemble, dict(tower_opts or {})
+        self.image_head, self.text_head, self.similarity = build_heads(
+            head_cfg, image_tower.dim, text_tower.dim, ensemble, seed)
+
+    # -- embeddings -----------------------------------------------------------------------------
+    def embed_image_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.image_head(feats)
+
+    def embed_text_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.text_head(feats) if self.text_head is not None else F.normalize(feats, dim=-1)
+
+    @torch.inference_mode()
+    def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
+        """PIL images or a uint8 array batch -> L2-normalised embeddings (numpy)."""
+        self.eval()
+        feats = torch.from_numpy(self.image_tower.encode(images, batch_size))
+        return self.embed_image_features(feats).numpy()
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        self.eval()
+        feats = torch.from_numpy(self.text_tower.encode(list(texts), batch_size))
+        return self.embed_text_features(feats).numpy()
+
+    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        return self.similarity(image_emb, text_emb)
+
+    @torch.inference_mode()
+    def similarity_matrix(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+        """Scores of every image (or text) embedding against every text embedding."""
+        self.eval()
+        return self.logits(torch.as_tensor(image_emb), torch.as_tensor(text_emb)).numpy()
+
+    # -- persistence ------------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {"format": "clipforge-dual-encoder/1", "image_tower": self.image_tower.tower_id,
+                "text_tower": self.text_tower.tower_id, "tower_opts": self.tower_opts,
+                "head": self.head_cfg.model_dump(), "ensemble": self.ensemble,
+                "image_tower_trained": not self.image_tower.is_locked,
+                "text_tower_trained": not self.text_tower.is_locked}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = self.config_dict()
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                 if not (k.startswith("image_tower.") and not cfg["image_tower_trained"])
+                 and not (k.startswith("text_tower.") and not cfg["text_tower_trained"])}
+        # Tied (shared) tensors are stored once: safetensors refuses aliases.
+        seen, unique = {}, {}
+        for k, v in state.items():
+            ptr = (v.data_ptr(), tuple(v.shape))
+            if ptr in seen:
+                continue
+            seen[ptr] = k
+            unique[k] = v.clone()
+        tmp = d / (WEIGHTS + ".tmp")
+        save_file(unique, str(tmp))
+        tmp.replace(d / WEIGHTS)
+        (d / CONFIG).write_text(json.dumps(cfg, indent=2))
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "DualEncoder":
+        d = Path(directory)
+        if not (d / CONFIG).is_file() or not (d / WEIGHTS).is_file():
+            raise ClipforgeError(f"'{d}' is not a saved clipforge model (needs {CONFIG} and {WEIGHTS})")
+        cfg = json.loads((d / CONFIG).read_text())
+        opts = cfg.get("tower_opts", {})
+        image = build_tower(cfg["image_tower"], "image", image_size=opts.get("image_size"), invert=opts.get("invert", False))
+        text = build_tower(cfg["text_tower"], "text")
+        model = cls(image, text, HeadConfig(**cfg["head"]), cfg.get("ensemble", 1), tower_opts=opts)
+        weights = load_file(str(d / WEIGHTS))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        ptr = {k: v.data_ptr() for k, v in model.state_dict().items()}
+        loaded = {ptr[k] for k in weights if k in ptr}
+        bad = [k for k in missing if not k.startswith(("image_tower.", "text_tower.")) and ptr[k] not in loaded]
+        if bad or unexpected:
+            raise ClipforgeError(f"weights in '{d}' do not match its config: missing {bad[:5]}, unexpected {unexpected[:5]}")
+        model.image_tower.lock()
+        model.text_tower.lock()
+        return model.eval()

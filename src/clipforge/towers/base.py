@@ -1,0 +1,102 @@
+"""The tower interface: turn raw items (images or strings) into feature vectors.
+
+A tower knows its own preprocessing, so the embedding cache can key on it; and it knows its blocks in
+order, so "unlock the last N blocks" means the same thing for a CNN and a transformer (open_clip's lock()).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Resize (no crop: small product shots and digits fill the frame), scale, normalise.
+
+    ``invert`` turns light-on-dark grey images (MNIST, Fashion-MNIST) into dark-on-light, which is how
+    product photos look to an ImageNet tower.
+    """
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    invert: bool = False
+
+    def __call__(self, items) -> torch.Tensor:
+        if isinstance(items, np.ndarray) and items.ndim == 3:  # a batch of grey uint8 arrays
+            x = torch.from_numpy(np.ascontiguousarray(items)).float().div_(255.0)[:, None].expand(-1, 3, -1, -1)
+        else:
+            arrs = [np.asarray(im.convert("RGB").resize((self.size, self.size)) if hasattr(im, "convert") else im)
+                    for im in items]
+            x = torch.from_numpy(np.stack([a if a.ndim == 3 else np.repeat(a[..., None], 3, -1) for a in arrs]))
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if self.invert:
+            x = 1.0 - x
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    def key(self) -> dict:
+        return asdict(self)
+
+
+class Tower(nn.Module):
+    """Base class. Subclasses set ``modality``, ``dim``, ``tower_id`` and implement ``prepare``/``forward``."""
+    modality: str = "image"
+    dim: int = 0
+    tower_id: str = ""
+
+    def prepare(self, items):
+        """Raw items (PIL images / uint8 arrays / strings) -> model inputs for ``forward``."""
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        """The tower's blocks from input to output, for partial unlocking."""
+        return [self]
+
+    def preprocess_key(self) -> dict:
+        return {}
+
+    def fingerprint(self) -> str:
+        """Tower id + preprocessing: the model part of the embedding-cache key."""
+        blob = json.dumps({"id": self.tower_id, "pre": self.preprocess_key(), "dim": self.dim}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # -- locking (LiT): a locked tower has no trainable parameters and stays in eval mode ----------
+    def lock(self) -> "Tower":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def unlock(self, last_n: int | None = None) -> "Tower":
+        """Unlock everything (``None``) or only the last ``last_n`` blocks; the rest stays locked."""
+        self.lock()
+        targets = [self] if last_n is None else (self.blocks()[-last_n:] if last_n > 0 else [])
+        for block in targets:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        return self
+
+    @property
+    def is_locked(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    @torch.inference_mode()
+    def encode(self, items, batch_size: int = 64) -> np.ndarray:
+        """Frozen forward over raw items in batches -> float32 numpy features."""
+        was_training = self.training
+        self.eval()
+        out = [self(self.prepare(items[i:i + batch_size])).float().cpu().numpy()
+               for i in range(0, len(items), batch_size)]
+        self.train(was_training)
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

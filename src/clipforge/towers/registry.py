@@ -1,0 +1,38 @@
+"""Tower ids -> towers. Ids read like the ecosystem: pkg:..., hf:..., st:..., scratch:..."""
+from __future__ import annotations
+
+from ..errors import ClipforgeError
+from .base import Tower
+
+PACKAGED_IMAGE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+PACKAGED_TEXT = ("all-MiniLM-L6-v2",)
+
+
+def build_tower(spec: str, modality: str, image_size: int | None = None, invert: bool = False) -> Tower:
+    """Build the tower named by ``spec`` for ``modality`` ('image' or 'text')."""
+    scheme, _, name = spec.partition(":")
+    if not name:
+        raise ClipforgeError(f"tower id '{spec}' needs a scheme: pkg:, hf:, st: or scratch: (e.g. pkg:efficientnet-lite0)")
+    if modality == "image":
+        if scheme == "pkg" and name in PACKAGED_IMAGE:
+            from .efficientnet import EfficientNetLiteTower
+            return EfficientNetLiteTower(name, image_size=image_size, invert=invert)
+        if scheme == "hf":
+            from .hf_image import HFImageTower
+            return HFImageTower(name, image_size=image_size, invert=invert)
+        if scheme == "scratch":
+            from .scratch import ScratchImageTower
+            return ScratchImageTower.from_spec(name, image_size=image_size or 28, invert=invert)
+        raise ClipforgeError(f"unknown image tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_IMAGE]}, "
+                             "or hf:<hub id or local dir>, scratch:cnn-small")
+    if scheme == "pkg" and name in PACKAGED_TEXT:
+        from .text import HFTextTower, packaged_minilm
+        return HFTextTower(packaged_minilm(), tower_id=spec)
+    if scheme == "hf":
+        from .text import HFTextTower
+        return HFTextTower(name)
+    if scheme == "st":
+        from .text import STTextTower
+        return STTextTower(name)
+    raise ClipforgeError(f"unknown text tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_TEXT]}, "
+                         "or hf:<hub id or local dir>, st:<sentence-transformers id or dir>")
