@@ -28,6 +28,13 @@ class ClassBatchData:
     seen: list[int]
 
 
+def pair_negative_weights(membership: torch.Tensor, seen: list[int], labels: torch.Tensor) -> torch.Tensor:
+    """(B, V) weights of the wrong descriptions an image may draw: sentences of SEEN classes only,
+    never one of its own class's sentences."""
+    of_seen = (membership[torch.tensor(seen)].sum(0, keepdim=True) > 0).float()
+    return of_seen * (1 - membership[labels])
+
+
 def _member_logits(model: DualEncoder, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
     z = model.image_head.members_forward(img)          # (K, B, D)
     return model.logits(z, txt)                         # (K, B, V)
@@ -55,10 +62,8 @@ def make_step(model: DualEncoder, data: ClassBatchData, cfg: LossConfig):
     if cfg.kind == "pair":
         def step(idx):
             y = data.labels[idx]
-            pos_w = M[y]                                                  # correct descriptions
-            neg_w = (M[seen_t].sum(0, keepdim=True) > 0).float() * (1 - pos_w)  # seen-class, not own
-            pos = torch.multinomial(pos_w, 1).squeeze(1)
-            neg = torch.multinomial(neg_w, 1).squeeze(1)
+            pos = torch.multinomial(M[y], 1).squeeze(1)
+            neg = torch.multinomial(pair_negative_weights(M, data.seen, y), 1).squeeze(1)
             t = model.embed_text_features(data.text_feats)
             labels = torch.cat([torch.ones(len(idx)), -torch.ones(len(idx))])
             loss = 0.0

@@ -130,7 +130,7 @@ class Trainer:
                 self.opt.step()
                 self.sched.step()
                 self.state.step += 1
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 if self.writer and self.state.step % self.log_every == 0:
                     self.writer.add_scalar("train/loss", losses[-1], self.state.step)
                     for g in self.opt.param_groups:

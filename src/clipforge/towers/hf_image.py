@@ -52,10 +52,14 @@ class HFImageTower(Tower):
         return self.pre.key()
 
     def blocks(self):
-        enc = getattr(self.model, "encoder", None)
-        for name in ("layer", "layers", "stages"):
-            if enc is not None and hasattr(enc, name):
-                return list(getattr(enc, name))
+        # Older transformers keep the layers under model.encoder (ViT: encoder.layer, ConvNeXt:
+        # encoder.stages); newer ones put them on the model itself (ViT: model.layers). Without the
+        # second place, unlock(n) on a ViT fell back to [model] and unlocked every parameter.
+        for owner in (getattr(self.model, "encoder", None), self.model):
+            for name in ("layer", "layers", "stages"):
+                blocks = getattr(owner, name, None) if owner is not None else None
+                if isinstance(blocks, (torch.nn.ModuleList, torch.nn.Sequential)) and len(blocks):
+                    return list(blocks)
         return [self.model]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

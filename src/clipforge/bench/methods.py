@@ -1,0 +1,22 @@
+"""Named methods = config overrides on top of the default run config, so every suite can select them."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+METHODS: dict[str, list[str]] = {
+    # The default: description sentences, multi-label sigmoid objective, 5-head linear ensemble.
+    "clipforge": [],
+    # Same objective with class names only (no descriptions): what the descriptions buy.
+    "clipforge-names": ["data.descriptions=templates"],
+    # The seed Pretrained_Model_Alignment: one right + one wrong description per image, L1 to +1/-1,
+    # shared Siamese |a-b| MLP; one head, wrong descriptions from seen classes only.
+    "seed-pair-siamese": ["loss.kind=pair", "loss.pair_variant=l1", "head.similarity=siamese",
+                          "head.siamese_shared=true", "train.ensemble=1", "train.lr=1e-3", "train.epochs=300",
+                          "train.batch_size=256"],
+}
+
+
+def method_overrides(name: str) -> list[str]:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}'; choose from {sorted(METHODS)}")
+    return METHODS[name]
