@@ -98,7 +98,7 @@ def _fit(out_dir, epochs, stop_after=None, resume=False):
 def test_resume_finishes_like_an_uninterrupted_run(tmp_path):
     full, _ = _fit(tmp_path / "a", 10)
     assert _fit(tmp_path / "b", 10, stop_after=4) is None      # "killed" after epoch 4
-    assert (tmp_path / "b" / "last.pt").is_file()
+    assert (tmp_path / "b" / "last.pt").is_file() and (tmp_path / "b" / "best.pt").is_file()
     resumed, trainer = _fit(tmp_path / "b", 10, resume=True)
     assert trainer.state.epoch == 10 and len(trainer.state.history) == 10
     for p, q in zip(full.parameters(), resumed.parameters()):

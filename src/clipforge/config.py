@@ -36,10 +36,6 @@ class TowersConfig(Strict):
     text: str = "pkg:all-MiniLM-L6-v2"
     image_size: int = Field(112, ge=16, le=1024)
     invert: bool | None = Field(None, description="invert grey images (light object on dark -> dark on light); null = dataset default")
-    lock_image: bool = True
-    lock_text: bool = True
-    unlock_image_last: int = Field(0, ge=0, description="unlock the last N blocks of the image tower")
-    unlock_text_last: int = Field(0, ge=0, description="unlock the last N layers of the text tower")
 
 
 class HeadConfig(Strict):
@@ -67,7 +63,6 @@ class TrainConfig(Strict):
     batch_size: int = Field(0, ge=0, description="0 = full batch (cached features fit in memory)")
     lr: float = Field(1e-2, gt=0.0)
     lr_similarity: float | None = Field(None, gt=0.0, description="own learning rate for the similarity net")
-    lr_tower: float = Field(1e-5, gt=0.0, description="learning rate for unlocked tower parameters")
     weight_decay: float = Field(1e-2, ge=0.0)
     warmup_steps: int = Field(10, ge=0)
     grad_clip: float = Field(1.0, ge=0.0)

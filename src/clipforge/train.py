@@ -79,6 +79,7 @@ class Trainer:
         self.grad_clip, self.log_every, self.progress = grad_clip, log_every, progress
         self.checkpoint_every = max(1, checkpoint_every)
         self.state = TrainState()
+        self._best_pending = False
         self.writer = None
         if self.out and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -143,13 +144,16 @@ class Trainer:
                 if self.writer:
                     self.writer.add_scalar("val/metric", record["val"], self.state.step)
             self.state.history.append(record)
-            improved = record.get("val", -record["loss"]) > self.state.best
-            if improved:
-                self.state.best = record.get("val", -record["loss"])
+            # "best" is the validation metric when there is one, else the lowest training loss.
+            score = record.get("val", -record["loss"])
+            if score > self.state.best:
+                self.state.best = score
+                self._best_pending = True
             if self.state.epoch % self.checkpoint_every == 0 or self.state.epoch == self.epochs:
                 self.save("last.pt")
-            if improved and eval_fn is not None:
-                self.save("best.pt")
+                if self._best_pending:
+                    self.save("best.pt")
+                    self._best_pending = False
             if on_epoch_end:
                 on_epoch_end(self.state.epoch)
             bar.update(1)
