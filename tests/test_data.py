@@ -27,16 +27,7 @@ from clipforge.errors import ConfigError
 from clipforge.towers.base import ImagePreprocess, Tower
 
 
-def _noise(seed: int, size: int = 16, mode: str = "RGB") -> Image.Image:
-    rng = np.random.RandomState(seed)
-    channels = {"RGB": 3, "RGBA": 4}[mode]
-    return Image.fromarray(rng.randint(0, 256, (size, size, channels), dtype=np.uint8), mode)
-
-
-def _jpeg_bytes(seed: int = 0, size: int = 16) -> bytes:
-    buf = io.BytesIO()
-    _noise(seed, size).save(buf, "JPEG")
-    return buf.getvalue()
+from imgutil import _jpeg_bytes, _noise  # noqa: E402
 
 
 # -- AwA2 layout -------------------------------------------------------------------------------------
