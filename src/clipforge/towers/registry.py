@@ -21,8 +21,7 @@ def build_tower(spec: str, modality: str, image_size: int | None = None, invert:
             from .hf_image import HFImageTower
             return HFImageTower(name, image_size=image_size, invert=invert)
         if scheme == "scratch":
-            from .scratch import ScratchImageTower
-            return ScratchImageTower.from_spec(name, image_size=image_size or 28, invert=invert)
+            raise ClipforgeError(f"tower '{spec}': from-scratch towers are not available yet (planned: scratch:cnn-small)")
         raise ClipforgeError(f"unknown image tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_IMAGE]}, "
                              "or hf:<hub id or local dir>, scratch:cnn-small")
     if scheme == "pkg" and name in PACKAGED_TEXT:
