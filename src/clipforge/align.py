@@ -70,7 +70,9 @@ def prepare(cfg: RunConfig, progress: bool = True, towers: tuple | None = None) 
     desc = load_descriptions(names, cfg.data.descriptions, dataset=cfg.data.source)
     vocab = desc.vocabulary()
     vocab_feats = embed_texts(text_tower, vocab, cache)
-    skipped = SkipReport(train_ds.skipped.items + [i for i in test_ds.skipped.items if i not in train_ds.skipped.items])
+    # Folder sources split one dataset, so train and test may share one report: count each item once.
+    skipped = train_ds.skipped if test_ds.skipped is train_ds.skipped else \
+        SkipReport(train_ds.skipped.items + test_ds.skipped.items)
     return Prepared(names, seen, unseen, tr_x, tr_y, te_x, te_y, desc, vocab, vocab_feats,
                     image_tower, text_tower, skipped, tower_opts)
 
@@ -159,7 +161,6 @@ def format_table(p: Prepared, metrics: dict) -> str:
 def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> dict:
     """The whole main job; writes ``out/model``, ``out/results.json`` and ``out/skipped.json``."""
     t0 = time.time()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(cfg.out)
     p = prepare(cfg, progress)
     t_embed = time.time() - t0

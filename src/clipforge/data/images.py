@@ -32,7 +32,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(source, min_side: int = 1) -> tuple[Image.Image | None, str | None]:
     """Open, verify and decode an image. Returns ``(rgb_image, None)`` or ``(None, reason)``."""
-    name = str(source)
     try:
         if isinstance(source, (str, Path)) and Path(source).stat().st_size == 0:
             return None, "empty file"
@@ -54,5 +53,4 @@ def load_image(source, min_side: int = 1) -> tuple[Image.Image | None, str | Non
         return None, f"cannot decode: {e.__class__.__name__}: {e}"[:200]
     if min(rgb.size) < min_side:
         return None, f"too small ({rgb.size[0]}x{rgb.size[1]})"
-    del name
     return rgb, None
