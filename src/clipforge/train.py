@@ -113,8 +113,12 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, batches: Callable[[int], Iterable], step_fn: Callable[[object], torch.Tensor],
             eval_fn: Callable[[], float] | None = None, resume: bool = False,
-            on_epoch_end: Callable[[int], None] | None = None) -> TrainState:
-        """``batches(epoch)`` yields the epoch's batches; ``step_fn`` returns the loss of one batch."""
+            on_epoch_end: Callable[[int], None] | None = None,
+            on_step: Callable[[int], None] | None = None) -> TrainState:
+        """``batches(epoch)`` yields the epoch's batches; ``step_fn`` returns the loss of one batch.
+
+        ``on_step(step)`` runs after every optimizer step (e.g. to log a similarity heatmap to ``self.writer``).
+        """
         if resume:
             self.resume()
         bar = tqdm(total=self.epochs, initial=self.state.epoch, desc="train", unit="epoch", disable=not self.progress,
@@ -136,6 +140,8 @@ class Trainer:
                     self.writer.add_scalar("train/loss", losses[-1], self.state.step)
                     for g in self.opt.param_groups:
                         self.writer.add_scalar(f"lr/{g['name']}", g["lr"], self.state.step)
+                if on_step:
+                    on_step(self.state.step)
             record = {"epoch": self.state.epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
             self.state.epoch += 1
             if eval_fn is not None:
