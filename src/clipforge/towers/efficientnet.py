@@ -36,7 +36,8 @@ class EfficientNetLiteTower(Tower):
         from efficientnet_lite_pytorch import EfficientNet
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
             self.net = EfficientNet.from_pretrained(variant, weights_path=str(weights))
-        self.net.set_swish(memory_efficient=False)  # plain ops: traceable, exportable, same numbers
+        # Do NOT call net.set_swish(): Lite variants use ReLU6, and set_swish swaps it for Swish, which
+        # silently turns the ImageNet features into noise (tests/test_towers.py checks real photos).
         self.tower_id = f"pkg:{variant}"
         self.pre = ImagePreprocess(size=image_size or native, mean=(0.5,) * 3, std=(0.5,) * 3, invert=invert)
         self.to(memory_format=torch.channels_last)
