@@ -14,6 +14,10 @@ want=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
 [ -d /usr/share/tuxpaint/stamps/animals ] || want+=(tuxpaint-stamps-default)
 if [ "$extras" = test ] && ! command -v chromium >/dev/null; then want+=(chromium); fi
+#   chromium-driver         -> /usr/bin/chromedriver                  (Selenium drives it: the browser test)
+#   wrk                     -> /usr/bin/wrk                           (load generator of `clipforge bench serve`)
+if [ "$extras" = test ] && ! command -v chromedriver >/dev/null; then want+=(chromium-driver); fi
+if [ "$extras" = test ] && ! command -v wrk >/dev/null; then want+=(wrk); fi
 if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}") \

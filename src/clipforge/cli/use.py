@@ -1,0 +1,182 @@
+"""Using a model: index an image collection, search it, serve it, compare pairs, download a collection."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import ClipforgeError
+from . import app, bench_app, friendly
+
+index_app = typer.Typer(no_args_is_help=True, help="A FAISS + SQLite index over an image collection.")
+app.add_typer(index_app, name="index")
+
+
+def _params(items: List[str]) -> dict:
+    out = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ClipforgeError(f"--param '{it}' must look like name=integer (e.g. efSearch=128, nprobe=64, M=32)")
+        out[key.strip()] = int(value)
+    return out
+
+
+def _print_skipped(skipped, limit: int = 10) -> None:
+    if not skipped:
+        return
+    typer.echo(f"skipped {len(skipped)}:")
+    for item, reason in skipped[:limit]:
+        typer.echo(f"  {item}: {reason}")
+    if len(skipped) > limit:
+        typer.echo(f"  ... and {len(skipped) - limit} more ('clipforge index info INDEX --skipped' lists them all)")
+
+
+@index_app.command("build")
+@friendly
+def index_build(source: Path = typer.Argument(..., help="an image folder, or a caption CSV (filename,caption)"),
+                model: Path = typer.Option(..., "--model", "-m", help="a saved clipforge model directory"),
+                out: Path = typer.Option(..., "--out", "-o", help="the index folder (replaced atomically if it exists)"),
+                kind: str = typer.Option("auto", help="auto (by size), flat (exact), hnsw or ivf"),
+                param: List[str] = typer.Option([], "--param", "-p", help="index parameter, e.g. M=32, efSearch=128, nlist=4096, nprobe=32"),
+                cache_dir: Path = typer.Option(Path(".cache/clipforge"), help="embedding cache"),
+                batch_size: int = typer.Option(64, min=1), workers: int = typer.Option(2, min=1, help="decoding threads"),
+                quiet: bool = typer.Option(False, help="no progress bar")):
+    """Embed every image of SOURCE with the model and write a searchable index."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..index import ImageIndex
+    ix = ImageIndex.build(source, model, out, kind, _params(param), cache_dir, batch_size, workers, not quiet)
+    typer.echo(f"{out}: {ix.report.summary()}")
+    _print_skipped(ix.report.skipped)
+
+
+@index_app.command("add")
+@friendly
+def index_add(index: Path = typer.Argument(..., help="an index folder"),
+              source: Path = typer.Argument(..., help="an image folder or caption CSV"),
+              model: Optional[Path] = typer.Option(None, "--model", "-m", help="default: the index's own model"),
+              cache_dir: Path = typer.Option(Path(".cache/clipforge")), batch_size: int = typer.Option(64, min=1),
+              workers: int = typer.Option(2, min=1), quiet: bool = typer.Option(False)):
+    """Add the images of SOURCE that are not in the index yet (by content), as a new version of the index."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..index import ImageIndex
+    ix = ImageIndex.load(index, model=model)
+    report = ix.add(source, cache_dir=cache_dir, batch_size=batch_size, workers=workers, progress=not quiet)
+    typer.echo(f"{index}: {report.summary()}")
+    _print_skipped(report.skipped)
+
+
+@index_app.command("search")
+@friendly
+def index_search(index: Path = typer.Argument(...), query: Optional[str] = typer.Argument(None, help="a text query"),
+                 image: Optional[Path] = typer.Option(None, "--image", help="search by this image instead"),
+                 k: int = typer.Option(10, "-k", "--k", min=1),
+                 model: Optional[Path] = typer.Option(None, "--model", "-m", help="default: the index's own model"),
+                 param: List[str] = typer.Option([], "--param", "-p", help="search parameter: efSearch=N or nprobe=N"),
+                 as_json: bool = typer.Option(False, "--json", help="one JSON object per hit")):
+    """Search the index by text (QUERY) or by an image (--image)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..index import ImageIndex
+    if (query is None) == (image is None):
+        raise ClipforgeError("give a text QUERY or --image PATH (one of them)")
+    ix = ImageIndex.load(index, model=model, search_params=_params(param))
+    hits = ix.search_text(query, k) if query is not None else ix.search_image(image, k)
+    for rank, h in enumerate(hits, 1):
+        if as_json:
+            typer.echo(json.dumps({"rank": rank, **h.to_dict()}, ensure_ascii=False))
+        else:
+            typer.echo(f"{rank:3d}  {h.score:.4f}  {h.path}" + (f"  {h.caption}" if h.caption else ""))
+
+
+@index_app.command("info")
+@friendly
+def index_info(index: Path = typer.Argument(...), skipped: bool = typer.Option(False, "--skipped", help="list every skipped item")):
+    """What an index holds: size, index kind and parameters, model, sources, skipped items."""
+    from ..index import ImageIndex
+    ix = ImageIndex.load(index)
+    m = ix.manifest
+    typer.echo(json.dumps({"images": len(ix), "dim": ix.dim, "ann": m["ann"], "model": m["model"],
+                           "sources": m.get("sources"), "skipped": len(ix.skipped()), "version": ix.version.name},
+                          indent=2, ensure_ascii=False))
+    if skipped:
+        for item, reason in ix.skipped():
+            typer.echo(f"{item}\t{reason}")
+
+
+@app.command()
+@friendly
+def serve(index: Path = typer.Argument(..., help="an index folder (clipforge index build)"),
+          host: str = typer.Option("127.0.0.1", help="bind address; 127.0.0.1 keeps it on this machine"),
+          port: int = typer.Option(8000), model: Optional[Path] = typer.Option(None, "--model", "-m"),
+          max_upload_mb: float = typer.Option(10.0, help="larger request bodies get 413"),
+          max_pixels: int = typer.Option(40_000_000, help="larger images get 413 (decompression bombs)"),
+          torch_threads: int = typer.Option(1, help="threads of the forward passes (the event loop needs a core too)"),
+          access_log: bool = typer.Option(False, help="log every request")):
+    """Web service + page: text and image search, zero-shot classification, similarity, thumbnails (docs at /docs)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..serve import ServeSettings, run
+    settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
+    typer.echo(f"clipforge serving {index} on http://{host}:{port}/ (API docs at /docs)")
+    run(index, host, port, settings, model=model, torch_threads=torch_threads, access_log=access_log)
+
+
+@app.command()
+@friendly
+def similarity(model: Path = typer.Option(..., "--model", "-m", help="a saved clipforge model directory"),
+               image: List[Path] = typer.Option([], "--image", help="an image file (repeatable)"),
+               text: List[str] = typer.Option([], "--text", help="a text (repeatable)")):
+    """Similarity of every pair of the given images and texts (image-text, text-text, image-image), as JSON lines."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..index.core import as_image
+    from ..model import DualEncoder
+    from ..similarity import Image, Similarity, Text
+    items = [Image(as_image(p)) for p in image] + [Text(t) for t in text]
+    names = [str(p) for p in image] + list(text)
+    if len(items) < 2:
+        raise ClipforgeError("give at least two items (--image and/or --text)")
+    sim = Similarity(DualEncoder.from_pretrained(model))
+    for r in sim.all_pairs(items):
+        typer.echo(json.dumps({**r, "a": names[r["a"]], "b": names[r["b"]]}, ensure_ascii=False))
+
+
+@app.command()
+@friendly
+def download(urls: Path = typer.Argument(..., help="CSV with url[,caption] columns, or a text file of URLs"),
+             out: Path = typer.Option(..., "--out", "-o", help="output folder (images/, captions.csv, failures.csv)"),
+             workers: int = typer.Option(16, min=1), timeout: float = typer.Option(10.0, help="seconds per connect/read"),
+             retries: int = typer.Option(3, min=0), min_side: int = typer.Option(32, min=1, help="drop smaller images"),
+             max_side: int = typer.Option(0, min=0, help="shrink larger images to this side (0 = keep)"),
+             image_format: str = typer.Option("jpg", "--format", help="jpg or png"), quiet: bool = typer.Option(False)):
+    """Fetch an image collection in parallel (resumable), keep what decodes, write a clean caption CSV."""
+    from ..download import DownloadSettings
+    from ..download import download as run_download
+    s = DownloadSettings(workers=workers, timeout=timeout, retries=retries, min_side=min_side, max_side=max_side,
+                         image_format=image_format)
+    report = run_download(urls, out, s, progress=not quiet)
+    typer.echo(report.summary())
+    if report.failed:
+        typer.echo(f"failures: {out / 'failures.csv'}")
+
+
+@bench_app.command("ann")
+@friendly
+def bench_ann(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
+              n: int = typer.Option(1_000_000, help="database vectors"), dim: int = typer.Option(256),
+              queries: int = typer.Option(1000, help="queries for recall and latency")):
+    """ANN latency (p50/p99, one query at a time) and recall@10 against exact search, plus numpy brute force."""
+    from ..bench.ann import run_ann
+    typer.echo(f"wrote {run_ann(out, n, dim, queries)}")
+
+
+@bench_app.command("serve")
+@friendly
+def bench_serve(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
+                images: int = typer.Option(10_000, help="index size (synthetic vectors)"),
+                seconds: int = typer.Option(20, help="length of each load run"),
+                connections: int = typer.Option(16, help="concurrent connections of the load generator")):
+    """Requests/s, p50/p99 latency and errors of text search over loopback (real text tower, wrk if present)."""
+    from ..bench.serve import run_serve
+    typer.echo(f"wrote {run_serve(out, images, seconds, connections)}")

@@ -1,0 +1,8 @@
+"""Search an image collection: embeddings in FAISS, metadata in SQLite (see core.py for the on-disk layout)."""
+from .ann import AnnSpec, choose
+from .core import BuildReport, Hit, ImageIndex, as_image, model_fingerprint
+from .sources import SourceItem, list_source
+from .store import Record
+
+__all__ = ["ImageIndex", "Hit", "BuildReport", "Record", "AnnSpec", "choose", "list_source", "SourceItem",
+           "as_image", "model_fingerprint"]

@@ -1,0 +1,213 @@
+"""The web service: search an index by text or image, zero-shot classify an upload, compare pairs, thumbnails.
+
+``create_app(index)`` returns a FastAPI app (OpenAPI docs at /docs); ``clipforge serve INDEX`` runs it with
+uvicorn on 127.0.0.1. The page at / (static/index.html + app.js, no build step) uses the same JSON API.
+
+Safety rules, each with a test in tests/test_serve_safety.py:
+  * request bodies over ``max_upload_bytes`` get 413 (uploads.BodyLimit);
+  * a non-image upload gets 415, an undecodable image 422, each with a message;
+  * images over ``max_pixels`` (decompression bombs) get 413 before they are decoded;
+  * thumbnails are served only for ids in the index: the client names an id, never a path;
+  * any unexpected error answers a generic 500 JSON body: no stack trace, no internal path.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from ..data.descriptions import ClassDescriptions, DEFAULT_TEMPLATES
+from ..data.images import load_image
+from ..errors import ClipforgeError
+from ..evaluate.zeroshot import ZeroShotClassifier
+from ..index import ImageIndex
+from ..similarity import Image as ImageItem
+from ..similarity import Similarity
+from ..similarity import Text as TextItem
+from .batcher import LRU, BatchRunner
+from .uploads import BodyLimit, decode_upload
+
+log = logging.getLogger("clipforge.serve")
+STATIC = Path(__file__).parent / "static"
+# Templates for labels written in Chinese/Japanese/Korean script: an English sentence around a CJK word helps
+# no tower; a multilingual tower gets a sentence in the label's own language, a monolingual one the bare label.
+CJK_TEMPLATES = ["一张{}的照片。", "{}的图片。", "{}"]
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_LABEL_SPLIT = re.compile(r"[,\n;，、；]+")
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+                                           "script-src 'self'; object-src 'none'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+@dataclass
+class ServeSettings:
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_k: int = 100
+    max_labels: int = 64
+    max_label_chars: int = 100
+    max_query_chars: int = 500
+    thumbnail_size: int = 256
+    max_batch: int = 64
+    query_cache: int = 4096      # text embeddings of recent queries kept (0 = none)
+    thumbnail_cache: int = 2048
+
+
+def templates_for(label: str) -> list[str]:
+    return CJK_TEMPLATES if _CJK.search(label) else DEFAULT_TEMPLATES
+
+
+def parse_labels(text: str, settings: ServeSettings) -> list[str]:
+    """'cat, dog\\n猫，狗' -> ['cat', 'dog', '猫', '狗'] (commas, semicolons, newlines, ideographic commas)."""
+    labels, seen = [], set()
+    for raw in _LABEL_SPLIT.split(text or ""):
+        lab = " ".join(raw.split())
+        if lab and lab not in seen:
+            seen.add(lab)
+            labels.append(lab)
+    if not labels:
+        raise HTTPException(422, "give at least one label (comma- or newline-separated)")
+    if len(labels) > settings.max_labels:
+        raise HTTPException(422, f"at most {settings.max_labels} labels, got {len(labels)}")
+    long = [lab for lab in labels if len(lab) > settings.max_label_chars]
+    if long:
+        raise HTTPException(422, f"labels longer than {settings.max_label_chars} characters: {long[0][:40]}...")
+    return labels
+
+
+def _hit_json(h) -> dict:
+    return {"id": h.id, "score": round(h.score, 6), "name": Path(h.path).name, "caption": h.caption,
+            "width": h.width, "height": h.height, "thumbnail": f"/api/thumbnail/{h.id}"}
+
+
+def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = None, model=None) -> FastAPI:
+    """The app over an index (an ImageIndex or its folder). ``model`` defaults to the index's own model."""
+    s = settings or ServeSettings()
+    idx = index if isinstance(index, ImageIndex) else ImageIndex.load(index, model=model)
+    if model is not None and isinstance(index, ImageIndex):
+        idx.use_model(model)
+    m = idx.model
+    sim = Similarity(m)
+    query_cache, thumbs, classifiers = LRU(s.query_cache), LRU(s.thumbnail_cache), LRU(32)
+
+    def text_batch(items: list[tuple[str, int]]) -> list[list]:
+        texts = list(dict.fromkeys(t for t, _ in items))
+        vec = {t: query_cache.get(t) for t in texts}
+        todo = [t for t in texts if vec[t] is None]
+        if todo:
+            for t, v in zip(todo, m.encode_text(todo)):
+                vec[t] = v
+                query_cache.put(t, v)
+        hits = idx.search_vectors(np.stack([vec[t] for t, _ in items]), max(k for _, k in items))
+        return [[_hit_json(h) for h in row[:k]] for row, (_, k) in zip(hits, items)]
+
+    runner = BatchRunner(text_batch, s.max_batch, "clipforge-text")
+    app = FastAPI(title="clipforge", version="0.1.0",
+                  description="Search an image collection by text or image, and classify images zero-shot against "
+                              "your own labels, with a clipforge model.")
+    app.state.index, app.state.settings, app.state.runner = idx, s, runner
+    app.add_middleware(BodyLimit, max_bytes=s.max_upload_bytes)
+
+    @app.exception_handler(ClipforgeError)
+    async def _user_error(request: Request, exc: ClipforgeError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception):
+        log.exception("error in %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    def _read(upload: UploadFile) -> bytes:
+        data = upload.file.read(s.max_upload_bytes + 1)
+        if len(data) > s.max_upload_bytes:
+            raise HTTPException(413, f"upload is over the limit of {s.max_upload_bytes} bytes")
+        return data
+
+    # -- pages ------------------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # -- API --------------------------------------------------------------------------------------------------
+    @app.get("/api/health", tags=["service"])
+    def health():
+        return {"status": "ok", "images": len(idx), "dim": idx.dim, "index": idx.spec.to_dict(),
+                "model": {"image_tower": m.image_tower.tower_id, "text_tower": m.text_tower.tower_id}}
+
+    @app.get("/api/search/text", tags=["search"])
+    async def search_text(q: str = Query(..., min_length=1, max_length=s.max_query_chars, description="the text query (any language the text tower reads)"),
+                          k: int = Query(20, ge=1, le=s.max_k)):
+        """Text -> images: the ``k`` indexed images closest to the query, best first (score = cosine)."""
+        query = q.strip()
+        if not query:
+            raise HTTPException(422, "the query is empty")
+        return {"query": query, "results": await runner.submit((query, k))}
+
+    @app.post("/api/search/image", tags=["search"])
+    def search_image(file: UploadFile = File(..., description="an image"), k: int = Form(20, ge=1, le=s.max_k)):
+        """Image -> images: the ``k`` indexed images closest to the upload."""
+        img = decode_upload(_read(file), s.max_pixels)
+        hits = idx.search_vectors(m.encode_image([img]), k)[0]
+        return {"results": [_hit_json(h) for h in hits]}
+
+    @app.post("/api/classify", tags=["zero-shot"])
+    def classify(file: UploadFile = File(..., description="an image"),
+                 labels: str = Form(..., description="class names, comma- or newline-separated (any script)")):
+        """Zero-shot classification of the upload against your labels: probabilities (softmax over the model's
+        logits) and cosine scores, best first. English labels use CLIP-style sentence templates."""
+        names = parse_labels(labels, s)
+        img = decode_upload(_read(file), s.max_pixels)
+        key = tuple(names)
+        zs = classifiers.get(key)
+        if zs is None:
+            zs = ZeroShotClassifier(m, ClassDescriptions(names, [[t.format(n) for t in templates_for(n)] for n in names]))
+            classifiers.put(key, zs)
+        scores = zs.scores(m.encode_image([img]))[0]
+        scale = float(m.similarity.scale.detach()) if zs.cosine else 10.0
+        p = torch.softmax(torch.from_numpy(scores * scale), -1).numpy()
+        order = np.argsort(-p)
+        return {"labels": [{"label": names[i], "probability": float(p[i]), "score": float(scores[i])} for i in order]}
+
+    @app.post("/api/similarity", tags=["similarity"])
+    def similarity(text_a: str | None = Form(None, max_length=s.max_query_chars),
+                   text_b: str | None = Form(None, max_length=s.max_query_chars),
+                   image_a: UploadFile | None = File(None), image_b: UploadFile | None = File(None)):
+        """Similarity of one pair: give side a as ``text_a`` or ``image_a`` and side b as ``text_b`` or ``image_b``
+        (image-text, text-text or image-image)."""
+        sides = []
+        for name, text, image in (("a", text_a, image_a), ("b", text_b, image_b)):
+            if (text is None or not text.strip()) == (image is None):
+                raise HTTPException(422, f"give exactly one of text_{name} or image_{name}")
+            sides.append(TextItem(text.strip()) if image is None else ImageItem(decode_upload(_read(image), s.max_pixels)))
+        return sim.pair(*sides)
+
+    @app.get("/api/thumbnail/{image_id}", tags=["images"], responses={200: {"content": {"image/jpeg": {}}}})
+    def thumbnail(image_id: int = PathParam(..., ge=0, description="an id from a search result")):
+        """A JPEG thumbnail of an indexed image. Only ids of the index are served; no path comes from the client."""
+        data = thumbs.get(image_id)
+        if data is None:
+            rec = idx.record(image_id)
+            if rec is None:
+                raise HTTPException(404, "no image with this id in the index")
+            img, _ = load_image(rec.path)
+            if img is None:
+                raise HTTPException(404, "the indexed image is no longer readable")
+            img.thumbnail((s.thumbnail_size, s.thumbnail_size))
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=85)
+            data = buf.getvalue()
+            thumbs.put(image_id, data)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    return app
