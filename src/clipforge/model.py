@@ -2,8 +2,9 @@
 
 ``save_pretrained(dir)`` writes ``config.json`` (tower ids, preprocessing, head settings) and
 ``model.safetensors`` (heads, similarity, and the tower weights only when a tower was unlocked and
-trained). ``from_pretrained(dir)`` rebuilds the towers from their ids and loads the rest, so a
-locked 17 MB image tower is never copied into every saved model.
+trained, or is a from-scratch tower). ``from_pretrained(dir)`` rebuilds the towers from their ids (and,
+for from-scratch towers, their saved ``tower_configs``: architecture and vocabulary) and loads the rest,
+so a locked 17 MB image tower is never copied into every saved model.
 """
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def build_heads(cfg: HeadConfig, image_dim: int, text_dim: int, ensemble: int = 
     else:
         sim = SiameseSimilarity(out_dim, out_dim, cfg.siamese_hidden, cfg.siamese_shared)
     return image_head, text_head, sim
+
+
+def _weights_needed(tower: Tower) -> bool:
+    """Save a tower's weights when it was trained, or when its id cannot rebuild them (from-scratch towers)."""
+    return not tower.is_locked or not getattr(tower, "weights_from_id", True)
 
 
 class DualEncoder(nn.Module):
@@ -78,11 +84,17 @@ class DualEncoder(nn.Module):
 
     # -- persistence ------------------------------------------------------------------------------
     def config_dict(self) -> dict:
-        return {"format": "clipforge-dual-encoder/1", "image_tower": self.image_tower.tower_id,
-                "text_tower": self.text_tower.tower_id, "tower_opts": self.tower_opts,
-                "head": self.head_cfg.model_dump(), "ensemble": self.ensemble,
-                "image_tower_trained": not self.image_tower.is_locked,
-                "text_tower_trained": not self.text_tower.is_locked}
+        cfg = {"format": "clipforge-dual-encoder/1", "image_tower": self.image_tower.tower_id,
+               "text_tower": self.text_tower.tower_id, "tower_opts": self.tower_opts,
+               "head": self.head_cfg.model_dump(), "ensemble": self.ensemble,
+               "image_tower_trained": _weights_needed(self.image_tower),
+               "text_tower_trained": _weights_needed(self.text_tower)}
+        # Towers whose id alone does not rebuild them (from-scratch: architecture, vocabulary) save their own config.
+        tower_configs = {m: t.tower_config() for m, t in (("image", self.image_tower), ("text", self.text_tower))
+                         if hasattr(t, "tower_config")}
+        if tower_configs:
+            cfg["tower_configs"] = tower_configs
+        return cfg
 
     def save_pretrained(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -112,8 +124,10 @@ class DualEncoder(nn.Module):
             raise ClipforgeError(f"'{d}' is not a saved clipforge model (needs {CONFIG} and {WEIGHTS})")
         cfg = json.loads((d / CONFIG).read_text())
         opts = cfg.get("tower_opts", {})
-        image = build_tower(cfg["image_tower"], "image", image_size=opts.get("image_size"), invert=opts.get("invert", False))
-        text = build_tower(cfg["text_tower"], "text")
+        tcfg = cfg.get("tower_configs", {})
+        image = build_tower(cfg["image_tower"], "image", image_size=opts.get("image_size"), invert=opts.get("invert", False),
+                            config=tcfg.get("image"))
+        text = build_tower(cfg["text_tower"], "text", config=tcfg.get("text"))
         model = cls(image, text, HeadConfig(**cfg["head"]), cfg.get("ensemble", 1), tower_opts=opts)
         weights = load_file(str(d / WEIGHTS))
         missing, unexpected = model.load_state_dict(weights, strict=False)

@@ -8,8 +8,12 @@ PACKAGED_IMAGE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite
 PACKAGED_TEXT = ("all-MiniLM-L6-v2",)
 
 
-def build_tower(spec: str, modality: str, image_size: int | None = None, invert: bool = False) -> Tower:
-    """Build the tower named by ``spec`` for ``modality`` ('image' or 'text')."""
+def build_tower(spec: str, modality: str, image_size: int | None = None, invert: bool = False,
+                config: dict | None = None) -> Tower:
+    """Build the tower named by ``spec`` for ``modality`` ('image' or 'text').
+
+    ``config`` is a tower's own saved ``tower_config()`` (from-scratch towers: architecture, vocabulary).
+    """
     scheme, _, name = spec.partition(":")
     if not name:
         raise ClipforgeError(f"tower id '{spec}' needs a scheme: pkg:, hf:, st: or scratch: (e.g. pkg:efficientnet-lite0)")
@@ -21,7 +25,8 @@ def build_tower(spec: str, modality: str, image_size: int | None = None, invert:
             from .hf_image import HFImageTower
             return HFImageTower(name, image_size=image_size, invert=invert)
         if scheme == "scratch":
-            raise ClipforgeError(f"tower '{spec}': from-scratch towers are not available yet (planned: scratch:cnn-small)")
+            from .scratch import ScratchCNNTower
+            return ScratchCNNTower(name, image_size=image_size, invert=invert, config=config)
         raise ClipforgeError(f"unknown image tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_IMAGE]}, "
                              "or hf:<hub id or local dir>, scratch:cnn-small")
     if scheme == "pkg" and name in PACKAGED_TEXT:
@@ -33,5 +38,8 @@ def build_tower(spec: str, modality: str, image_size: int | None = None, invert:
     if scheme == "st":
         from .text import STTextTower
         return STTextTower(name)
+    if scheme == "scratch":
+        from .scratch import ScratchTextTower
+        return ScratchTextTower(name, config=config)
     raise ClipforgeError(f"unknown text tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_TEXT]}, "
-                         "or hf:<hub id or local dir>, st:<sentence-transformers id or dir>")
+                         "hf:<hub id or local dir>, st:<sentence-transformers id or dir>, or scratch:text-small")
