@@ -88,7 +88,8 @@ def build(vectors: np.ndarray, spec: AnnSpec, seed: int = 0):
         index = faiss.index_factory(d, f"{coarse},Flat", faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         sample = x if n <= 64 * nlist else x[np.sort(rng.choice(n, 64 * nlist, replace=False))]
-        faiss.extract_index_ivf(index).cp.seed = seed
+        cp = faiss.extract_index_ivf(index).cp
+        cp.seed, cp.niter = seed, 10   # 10 k-means rounds: the cells barely move after that
         index.train(sample)
     else:  # pragma: no cover - choose() validates
         raise ClipforgeError(f"unknown index kind '{spec.kind}'")
