@@ -1,0 +1,139 @@
+"""Matplotlib figures of the HTML report (and of TensorBoard image logs), each returned as a Figure.
+
+``png_data_uri(fig)`` turns one into a ``data:image/png;base64,...`` string and closes it, so a page that
+embeds it needs no other file.
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def png_data_uri(fig, dpi: int = 100) -> str:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def heatmap_figure(matrix, rows: list[str], cols: list[str], title: str = "", cmap: str = "viridis"):
+    """An images x texts similarity matrix (rows: images, columns: texts)."""
+    plt = _plt()
+    m = np.asarray(matrix, dtype=float)
+    h = min(14.0, max(2.6, 0.2 * len(rows) + 1.4))
+    w = min(14.0, max(3.6, 0.36 * len(cols) + 2.4))
+    fig, ax = plt.subplots(figsize=(w, h))
+    im = ax.imshow(m, cmap=cmap, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(cols)), [str(c)[:28] for c in cols], rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), [str(r)[:28] for r in rows], fontsize=max(4, 8 - len(rows) // 20))
+    ax.set_xlabel("texts", fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    if len(rows) <= 60 and len(cols) <= 30:  # the best text of each image, marked
+        for i, j in enumerate(m.argmax(1)):
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="white", lw=1.0))
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix, labels: list[str], title: str = ""):
+    """Counts, coloured by the fraction of each true class (row); the diagonal is what was right."""
+    plt = _plt()
+    m = np.asarray(matrix, dtype=float)
+    frac = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(labels)
+    size = min(8.0, max(3.0, 0.34 * n + 1.6))
+    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    short = [str(lab)[:16] for lab in labels]
+    ax.set_xticks(range(n), short, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(n), short, fontsize=7)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("true", fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=6 if n > 10 else 7,
+                            color="white" if frac[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="fraction of true class")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(per_class: dict, title: str = ""):
+    """Recall per class as horizontal bars, the mean as a dashed line."""
+    plt = _plt()
+    labels = list(per_class)
+    vals = np.array([float(per_class[k]) for k in labels])
+    fig, ax = plt.subplots(figsize=(5.2, min(12.0, max(2.2, 0.26 * len(labels) + 1.0))))
+    colors = plt.cm.RdYlGn(np.clip((vals - 0.5) * 2, 0, 1) * 0.85 + 0.075)
+    ax.barh(range(len(labels)), vals, color=colors, edgecolor="#555", linewidth=0.4)
+    ax.set_yticks(range(len(labels)), [str(lab)[:24] for lab in labels], fontsize=7)
+    ax.invert_yaxis()
+    # when every class is near 1, a 0..1 axis shows ten equal bars: start the axis near the lowest recall
+    lo = float(np.floor((vals.min() - 0.01) * 50) / 50) if len(vals) and vals.min() > 0.8 else 0.0
+    ax.set_xlim(lo, 1.0 + (1.0 - lo) * 0.08)
+    ax.axvline(vals.mean(), color="#333", ls="--", lw=0.8)
+    for i, v in enumerate(vals):
+        ax.text(min(v, 1.0) + (1.0 - lo) * 0.01, i, f"{v:.3f}", va="center", fontsize=6)
+    ax.set_xlabel(f"recall (mean {vals.mean():.3f})" + (f"; axis starts at {lo:.2f}" if lo else ""), fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def history_figure(history: list[dict], title: str = "", val_label: str = "val"):
+    """Training loss per epoch (left axis) and the validation metric when recorded (right axis)."""
+    plt = _plt()
+    ep = [h.get("epoch", i) for i, h in enumerate(history)]
+    fig, ax = plt.subplots(figsize=(5.2, 2.8))
+    loss = [h.get("loss") for h in history]
+    ax.plot(ep, loss, "-o", ms=2.5, color="#1f77b4", label="train loss")
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("loss", fontsize=8, color="#1f77b4")
+    val = [(e, h["val"]) for e, h in zip(ep, history) if h.get("val") is not None]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([v[0] for v in val], [v[1] for v in val], "-s", ms=2.5, color="#d62728", label=val_label)
+        ax2.set_ylabel(val_label, fontsize=8, color="#d62728")
+        ax2.tick_params(labelsize=7)
+    ax.tick_params(labelsize=7)
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def scalars_figure(series: dict[str, list[tuple[int, float]]], title: str = ""):
+    """TensorBoard scalars (tag -> [(step, value)]): one panel per tag."""
+    plt = _plt()
+    tags = list(series)
+    fig, axes = plt.subplots(1, len(tags), figsize=(min(15.0, 3.6 * len(tags) + 0.6), 2.6), squeeze=False)
+    for ax, tag in zip(axes[0], tags):
+        pts = series[tag]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.0)
+        ax.set_title(tag, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
