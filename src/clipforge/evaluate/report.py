@@ -1,0 +1,339 @@
+"""``clipforge report DIR``: benchmark JSONs and run logs -> ONE self-contained HTML page.
+
+Every figure is a matplotlib PNG embedded as base64 and every thumbnail is embedded too, so the page
+works offline, mailed or copied alone. The page renders whatever is present and skips what is absent.
+
+What it reads under DIR (recursively):
+
+* benchmark JSONs: any ``*.json`` holding ``{"suite", "results": [{"method", "metrics", ...}], ...}``
+  (CLIP_benchmark-like; also ``dataset``, ``task``, ``model``, ``protocol``, ``wall_seconds``, ``env``).
+  Each suite gets a leaderboard (one row per method, one column per scalar metric, ``± std`` where a
+  ``std`` dict is given, the best value per column in bold) and then each method's figures;
+* run folders: a ``results.json`` with ``metrics`` (``clipforge align``) and/or TensorBoard event files
+  (``tb/``): metrics table, training curves of the logged scalars, the last similarity heatmap image.
+
+Figure data convention -- optional keys of each ``results[i]`` entry of any benchmark JSON:
+
+* ``"confusion": {"labels": [str], "matrix": [[int]]}`` -- rows true, columns predicted;
+* ``"per_class": {label: recall_float}``;
+* ``"similarity": {"rows": [str], "cols": [str], "matrix": [[float]]}`` -- images x texts (rows may be
+  the labels of the images);
+* ``"examples": [{"direction": "text_to_image" | "image_to_text", "query": str (a text) or {"image": path,
+  "label": str (optional)}, "top": [{"image": path (optional), "text": str (optional), "score": float,
+  "hit": bool}]}]`` -- image paths are files on disk, absolute or relative to the JSON's folder; the page
+  embeds small thumbnails (a missing file becomes a labelled empty cell, never a broken image);
+* ``"history": [{"epoch": int, "loss": float, "val": float (optional)}]``.
+
+Fashion-ZSL style ``per_split`` entries with ``unseen_confusion`` + ``unseen`` names are drawn as
+per-split confusion matrices when a result has no ``confusion`` of its own.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from ..errors import ClipforgeError
+from . import report_figures as rf
+
+LOWER_IS_BETTER = ("seconds", "loss", "median_rank", "mean_rank")
+THUMB = 64
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+# -- discovery ---------------------------------------------------------------------------------------
+
+def _read_json(path: Path):
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def is_benchmark(data) -> bool:
+    return (isinstance(data, dict) and isinstance(data.get("results"), list)
+            and all(isinstance(r, dict) and "method" in r for r in data["results"]))
+
+
+def discover(directory: Path) -> tuple[list[tuple[Path, dict]], list[dict]]:
+    """(benchmark JSONs, runs). A run is ``{"dir", "results" (dict or None), "tb": [event dirs]}``."""
+    benches, run_results, tb_dirs = [], {}, set()
+    for path in sorted(directory.rglob("*.json")):
+        data = _read_json(path)
+        if is_benchmark(data):
+            benches.append((path, data))
+        elif path.name == "results.json" and isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+            run_results[path.parent] = data
+    for ev in directory.rglob("events.out.tfevents.*"):
+        tb_dirs.add(ev.parent)
+    runs: dict[Path, dict] = {d: {"dir": d, "results": r, "tb": []} for d, r in run_results.items()}
+    for tb in sorted(tb_dirs):
+        owner = next((a for a in [tb, *tb.parents] if a in runs), None)
+        if owner is None:
+            owner = tb.parent if tb.name == "tb" else tb
+            runs.setdefault(owner, {"dir": owner, "results": None, "tb": []})
+        runs[owner]["tb"].append(tb)
+    return benches, [runs[k] for k in sorted(runs)]
+
+
+# -- small HTML helpers ----------------------------------------------------------------------------
+
+def esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt(v, key: str = "") -> str:
+    if isinstance(v, bool) or not _num(v):
+        return esc(v)
+    if isinstance(v, int):
+        return f"{v}"
+    return f"{v:.1f}" if abs(v) >= 100 or "seconds" in key else f"{v:.3f}"
+
+
+def figure(uri: str, caption: str, cls: str = "fig") -> str:
+    return (f'<figure class="{cls}"><img class="figure-img" src="{uri}" alt="{esc(caption)}">'
+            f'<figcaption>{esc(caption)}</figcaption></figure>')
+
+
+def thumbnail(path: str | None, base: Path, label: str = "") -> str:
+    """An <img> of the file at ``path`` (relative to ``base``), or a placeholder cell when it cannot be read."""
+    if path:
+        p = Path(path)
+        p = p if p.is_absolute() else base / p
+        try:
+            from PIL import Image
+            with Image.open(p) as im:
+                im = im.convert("RGBA")
+                if im.width < THUMB and im.height < THUMB:  # tiny digits: scale up, crisp
+                    k = max(1, THUMB // max(im.width, im.height))
+                    im = im.resize((im.width * k, im.height * k), Image.NEAREST)
+                else:
+                    im.thumbnail((THUMB * 2, THUMB * 2))
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+            uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            return f'<img class="thumb" src="{uri}" alt="{esc(label or p.name)}">'
+        except (OSError, ValueError):
+            pass
+    return f'<div class="thumb missing" title="{esc(path or "")}">no image</div>'
+
+
+# -- sections -----------------------------------------------------------------------------------------
+
+def leaderboard(results: list[dict]) -> str:
+    keys: list[str] = []
+    for r in results:
+        for k, v in (r.get("metrics") or {}).items():
+            if _num(v) and k not in keys:
+                keys.append(k)
+    extra = [k for k in ("wall_seconds", "train_seconds") if any(_num(r.get(k)) for r in results)]
+    best = {}
+    for k in keys:
+        vals = [r["metrics"][k] for r in results if _num((r.get("metrics") or {}).get(k))]
+        if vals:
+            best[k] = min(vals) if any(t in k for t in LOWER_IS_BETTER) else max(vals)
+    head = "".join(f"<th>{esc(k)}</th>" for k in ["method", *keys, *extra])
+    rows = []
+    for r in results:
+        m, std = r.get("metrics") or {}, r.get("std") or {}
+        cells = [f'<td class="method">{esc(r["method"])}</td>']
+        for k in keys:
+            v = m.get(k)
+            txt = fmt(v) if v is not None else "&ndash;"
+            if _num(std.get(k)):
+                txt += f' <span class="std">&plusmn; {std[k]:.3f}</span>'
+            b = _num(v) and k in best and v == best[k] and len(results) > 1
+            cells.append(f'<td class="{"best" if b else ""}">{txt}</td>')
+        cells += [f"<td>{fmt(r.get(k), k) if r.get(k) is not None else '&ndash;'}</td>" for k in extra]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="board"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def examples_html(examples: list[dict], base: Path) -> str:
+    out = []
+    for ex in examples:
+        q = ex.get("query")
+        if isinstance(q, dict):
+            qcell = thumbnail(q.get("image"), base, q.get("label", "")) + \
+                (f'<div class="cap">true: {esc(q["label"])}</div>' if q.get("label") else "")
+        else:
+            qcell = f'<div class="qtext">&ldquo;{esc(q)}&rdquo;</div>'
+        cells = []
+        for rank, t in enumerate(ex.get("top") or [], 1):
+            mark = "hit" if t.get("hit") else "miss"
+            body = thumbnail(t["image"], base, t.get("text", "")) if t.get("image") else ""
+            if t.get("text"):
+                body += f'<div class="ttext">{esc(t["text"])}</div>'
+            score = f'{t["score"]:.3f}' if _num(t.get("score")) else ""
+            sign = "&#10003;" if t.get("hit") else "&#10007;"
+            cells.append(f'<div class="cand {mark}"><div class="rank">#{rank} {sign} {score}</div>{body}</div>')
+        arrow = "text &rarr; image" if ex.get("direction") == "text_to_image" else "image &rarr; text"
+        out.append(f'<div class="example"><div class="query"><div class="dir">{arrow}</div>{qcell}</div>'
+                   f'<div class="arrow">&rarr;</div>{"".join(cells)}</div>')
+    return '<div class="examples">' + "".join(out) + "</div>"
+
+
+def result_figures(r: dict, base: Path) -> str:
+    """Every figure the result carries, in a fixed order; absent keys are skipped."""
+    name, parts = r["method"], []
+    sim = r.get("similarity")
+    if isinstance(sim, dict) and sim.get("matrix"):
+        parts.append(figure(rf.png_data_uri(rf.heatmap_figure(sim["matrix"], sim.get("rows", []), sim.get("cols", []),
+                                                              f"{name}: similarity, images x texts")),
+                            "similarity matrix (images x texts; the best text of each image is outlined)"))
+    conf = r.get("confusion")
+    if isinstance(conf, dict) and conf.get("matrix"):
+        parts.append(figure(rf.png_data_uri(rf.confusion_figure(conf["matrix"], conf.get("labels", []),
+                                                                f"{name}: confusion")), "confusion matrix"))
+    elif isinstance(r.get("per_split"), list):
+        for i, s in enumerate(r["per_split"]):
+            if isinstance(s, dict) and s.get("unseen_confusion") and s.get("unseen"):
+                parts.append(figure(rf.png_data_uri(rf.confusion_figure(
+                    s["unseen_confusion"], s["unseen"], f"{name}: split {i}, unseen classes")),
+                    f"split {i}: confusion among the unseen classes", "fig small"))
+    if isinstance(r.get("per_class"), dict) and r["per_class"]:
+        parts.append(figure(rf.png_data_uri(rf.per_class_figure(r["per_class"], f"{name}: per-class recall")),
+                            "per-class recall"))
+    if isinstance(r.get("history"), list) and r["history"]:
+        parts.append(figure(rf.png_data_uri(rf.history_figure(r["history"], f"{name}: training")),
+                            "training curve (loss; validation metric where recorded)"))
+    out = f'<div class="figs">{"".join(parts)}</div>' if parts else ""
+    if isinstance(r.get("examples"), list) and r["examples"]:
+        out += f"<h4>retrieval examples: {esc(name)}</h4>" + examples_html(r["examples"], base)
+    return out
+
+
+def meta_table(data: dict, skip=("results", "env", "protocol")) -> str:
+    rows = [(k, v) for k, v in data.items() if k not in skip and not isinstance(v, (dict, list))]
+    proto = data.get("protocol")
+    if isinstance(proto, dict):
+        rows += [(f"protocol.{k}", v if not isinstance(v, (dict, list)) else json.dumps(v, ensure_ascii=False))
+                 for k, v in proto.items()]
+    env = data.get("env")
+    if isinstance(env, dict):
+        bits = [env.get("platform"), env.get("python") and f"Python {env['python']}",
+                env.get("cpu_count") and f"{env['cpu_count']} CPUs",
+                env.get("torch_threads") and f"torch threads {env['torch_threads']}",
+                ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())]
+        known = ("platform", "python", "cpu_count", "torch_threads", "versions")
+        bits += [f"{k}: {json.dumps(v)}" for k, v in env.items() if k not in known]
+        rows.append(("env", "; ".join(str(b) for b in bits if b)))
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{fmt(v, k) if _num(v) else esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="meta">{body}</table>'
+
+
+def suite_section(path: Path, data: dict, anchor: str) -> str:
+    title = data.get("suite") or path.stem
+    results = data["results"]
+    parts = [f'<section id="{anchor}"><h2>{esc(title)} <small>{esc(path.name)}</small></h2>',
+             meta_table(data), "<h3>leaderboard</h3>", leaderboard(results) if results else "<p>no results</p>"]
+    for r in results:
+        figs = result_figures(r, path.parent)
+        if figs:
+            parts.append(f'<h3>{esc(r["method"])}</h3>{figs}')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def read_tensorboard(tb_dir: Path) -> tuple[dict, list[bytes]]:
+    """Scalars (tag -> [(step, value)]) and the encoded PNGs of the last logged image of each image tag."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return {}, []
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "images": 1})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags.get("scalars", [])}
+    images = [acc.Images(t)[-1].encoded_image_string for t in tags.get("images", []) if acc.Images(t)]
+    return scalars, images
+
+
+def run_section(run: dict, root: Path, anchor: str) -> str:
+    d = run["dir"]
+    rel = d.relative_to(root) if d != root and root in d.parents else Path(d.name or ".")
+    parts = [f'<section id="{anchor}"><h2>run <small>{esc(rel)}</small></h2>']
+    res = run.get("results")
+    if res:
+        parts.append(meta_table({k: v for k, v in res.items() if k not in ("config", "metrics")}))
+        fake = {"method": str(rel), "metrics": res["metrics"]}
+        parts.append(leaderboard([fake]))
+        m = res["metrics"]
+        if m.get("unseen_confusion") and res.get("unseen"):
+            parts.append('<div class="figs">' + figure(rf.png_data_uri(rf.confusion_figure(
+                m["unseen_confusion"], res["unseen"], "confusion among the unseen classes")), "confusion matrix") + "</div>")
+    for tb in run["tb"]:
+        scalars, images = read_tensorboard(tb)
+        figs = []
+        if scalars:
+            figs.append(figure(rf.png_data_uri(rf.scalars_figure(scalars, f"TensorBoard: {tb.relative_to(root)}")),
+                               "training curves (TensorBoard scalars)"))
+        for png in images:
+            figs.append(figure("data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                               "last logged similarity heatmap (images x texts)"))
+        if figs:
+            parts.append('<div class="figs">' + "".join(figs) + "</div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f2d3d;color:#fff;padding:14px 28px}header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;color:#c8d3df;font-size:13px}main{padding:8px 28px 40px}
+nav{font-size:13px;margin:10px 0}nav a{margin-right:14px}
+section{background:#fff;border:1px solid #e3e3e3;border-radius:8px;padding:10px 18px;margin:16px 0}
+h2 small{color:#888;font-weight:normal;font-size:13px}h3{margin:16px 0 6px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f1f4f7}td.method{text-align:left;font-weight:600}td.best{font-weight:700;background:#e8f6e8}
+table.meta th{text-align:left;font-weight:600}table.meta td{text-align:left;max-width:900px;word-break:break-word}
+.std{color:#888;font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+figure{margin:0;border:1px solid #eee;padding:4px;background:#fff}figure img{max-width:640px;display:block}
+figure.small img{max-width:300px}figcaption{font-size:11px;color:#666;max-width:560px}
+.examples{display:grid;grid-template-columns:repeat(auto-fill,minmax(580px,1fr));gap:8px 24px}
+.example{display:flex;align-items:center;gap:6px}.query{width:150px;font-size:12px;text-align:center}.dir{color:#888;font-size:10px}.qtext{font-style:italic}
+.arrow{color:#aaa;font-size:18px}.cand{border:3px solid #ccc;border-radius:4px;padding:2px;text-align:center;min-width:70px}
+.cand.hit{border-color:#2e9e44}.cand.miss{border-color:#d9534f}.rank{font-size:10px;color:#444}
+.thumb{width:64px;height:64px;object-fit:contain;image-rendering:pixelated;display:block;margin:auto;background:#000}
+.thumb.missing{background:#eee;color:#999;font-size:10px;line-height:64px}.ttext,.cap{font-size:11px;max-width:140px}
+"""
+
+
+def render(directory: str | Path, title: str = "clipforge report") -> str:
+    root = Path(directory)
+    if not root.is_dir():
+        raise ClipforgeError(f"report: '{root}' is not a folder")
+    benches, runs = discover(root)
+    if not benches and not runs:
+        raise ClipforgeError(f"report: no benchmark JSON (with 'results') and no run logs under '{root}'")
+    sections, nav = [], []
+    for i, (path, data) in enumerate(benches):
+        sections.append(suite_section(path, data, f"suite-{i}"))
+        nav.append(f'<a href="#suite-{i}">{esc(data.get("suite") or path.stem)}</a>')
+    for i, run in enumerate(runs):
+        sections.append(run_section(run, root, f"run-{i}"))
+        nav.append(f'<a href="#run-{i}">run {esc(run["dir"].name)}</a>')
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
+            f'<header><h1>{esc(title)}</h1><p>{len(benches)} benchmark file(s), {len(runs)} run(s) from '
+            f'{esc(root.resolve())}</p></header><main><nav>{"".join(nav)}</nav>{"".join(sections)}</main></body></html>')
+
+
+def build_report(directory: str | Path, out: str | Path | None = None, title: str = "clipforge report") -> Path:
+    """Write the page (default ``DIR/report.html``) atomically and return its path."""
+    page = render(directory, title)
+    path = Path(out) if out else Path(directory) / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
