@@ -39,7 +39,7 @@ from pathlib import Path
 from ..errors import ClipforgeError
 from . import report_figures as rf
 
-LOWER_IS_BETTER = ("seconds", "loss", "median_rank", "mean_rank")
+LOWER_IS_BETTER = ("seconds", "loss", "latency", "_ms", "median_rank", "mean_rank", "bytes", "memory", "error")
 THUMB = 64
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
@@ -139,7 +139,7 @@ def leaderboard(results: list[dict]) -> str:
     best = {}
     for k in keys:
         vals = [r["metrics"][k] for r in results if _num((r.get("metrics") or {}).get(k))]
-        if vals:
+        if vals and not all(isinstance(v, int) for v in vals):  # counts are not scores
             best[k] = min(vals) if any(t in k for t in LOWER_IS_BETTER) else max(vals)
     head = "".join(f"<th>{esc(k)}</th>" for k in ["method", *keys, *extra])
     rows = []
@@ -276,7 +276,7 @@ def run_section(run: dict, root: Path, anchor: str) -> str:
         figs = []
         if scalars:
             figs.append(figure(rf.png_data_uri(rf.scalars_figure(scalars, f"TensorBoard: {tb.relative_to(root)}")),
-                               "training curves (TensorBoard scalars)"))
+                               "training curves (TensorBoard scalars)", "fig wide"))
         for png in images:
             figs.append(figure("data:image/png;base64," + base64.b64encode(png).decode("ascii"),
                                "last logged similarity heatmap (images x texts)"))
@@ -298,7 +298,7 @@ th{background:#f1f4f7}td.method{text-align:left;font-weight:600}td.best{font-wei
 table.meta th{text-align:left;font-weight:600}table.meta td{text-align:left;max-width:900px;word-break:break-word}
 .std{color:#888;font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0;border:1px solid #eee;padding:4px;background:#fff}figure img{max-width:640px;display:block}
-figure.small img{max-width:300px}figcaption{font-size:11px;color:#666;max-width:560px}
+figure.small img{max-width:300px}figure.wide img{max-width:1000px}figcaption{font-size:11px;color:#666;max-width:560px}
 .examples{display:grid;grid-template-columns:repeat(auto-fill,minmax(580px,1fr));gap:8px 24px}
 .example{display:flex;align-items:center;gap:6px}.query{width:150px;font-size:12px;text-align:center}.dir{color:#888;font-size:10px}.qtext{font-style:italic}
 .arrow{color:#aaa;font-size:18px}.cand{border:3px solid #ccc;border-radius:4px;padding:2px;text-align:center;min-width:70px}

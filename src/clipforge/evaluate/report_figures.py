@@ -123,16 +123,26 @@ def history_figure(history: list[dict], title: str = "", val_label: str = "val")
 
 
 def scalars_figure(series: dict[str, list[tuple[int, float]]], title: str = ""):
-    """TensorBoard scalars (tag -> [(step, value)]): one panel per tag."""
+    """TensorBoard scalars (tag -> [(step, value)]), one panel per tag group (``lr/a`` and ``lr/b`` share one)."""
     plt = _plt()
-    tags = list(series)
-    fig, axes = plt.subplots(1, len(tags), figsize=(min(15.0, 3.6 * len(tags) + 0.6), 2.6), squeeze=False)
-    for ax, tag in zip(axes[0], tags):
-        pts = series[tag]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.0)
-        ax.set_title(tag, fontsize=8)
+    groups: dict[str, list[str]] = {}
+    for tag in series:
+        groups.setdefault(tag.split("/")[0] if "/" in tag else tag, []).append(tag)
+    n = len(groups)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols + 0.4, 2.6 * rows), squeeze=False)
+    for ax, (group, tags) in zip(axes.flat, groups.items()):
+        for tag in tags:
+            pts = series[tag]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.0, label=tag.split("/", 1)[-1])
+        ax.set_title(group, fontsize=9)
         ax.set_xlabel("step", fontsize=7)
-        ax.tick_params(labelsize=6)
+        ax.tick_params(labelsize=7)
+        if len(tags) > 1:
+            ax.legend(fontsize=6, frameon=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
