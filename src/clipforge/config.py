@@ -43,6 +43,7 @@ class HeadConfig(Strict):
     embed_dim: int = Field(384, ge=2, description="shared embedding width")
     hidden: int = Field(512, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    input_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the tower features (strong regulariser for small data)")
     text_head: bool = Field(False, description="project the text side too (else text embeddings are used as they are)")
     similarity: Literal["cosine", "siamese"] = "cosine"
     siamese_shared: bool = True
@@ -79,6 +80,82 @@ class RunConfig(Strict):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     out: str = "runs/fashion-zsl"
+    cache_dir: str = ".cache/clipforge"
+
+
+# -- image-caption training (the seeds "Contrastive" and "CLIP-Chinese"): train and eval stages ---------------
+
+class CaptionDataConfig(Strict):
+    source: str = Field("tux-paint", description="'tux-paint', 'emoji', 'csv:<file>', 'captions:<dir with captions.csv>'")
+    valid_source: str | None = Field(None, description="a separate held-out set (e.g. datasets/valid); else fold `fold` is held out")
+    language: str = Field("en", description="caption language: 'en' or a translation the source has ('zh')")
+    folds: int = Field(5, ge=2, description="k of the k-fold split (DESIGN.md section 4)")
+    fold: int | None = Field(0, ge=0, description="held-out fold; null = train on everything")
+    split_seed: int = Field(0, ge=0)
+
+
+class CaptionTowersConfig(Strict):
+    image: str = "pkg:efficientnet-lite0"
+    text: str = "pkg:all-MiniLM-L6-v2"
+    image_size: int = Field(224, ge=16, le=1024)
+    invert: bool = False
+    lock_image: bool = Field(True, description="LiT: keep the image tower frozen (its features are cached)")
+    lock_text: bool = Field(True, description="keep the text tower frozen (its features are cached)")
+    unlock_image_last_n: int = Field(0, ge=0, description="with lock_image=false: train only the last N blocks (0 = all)")
+    unlock_text_last_n: int = Field(0, ge=0, description="with lock_text=false: train only the last N blocks (0 = all)")
+
+
+class BridgeConfig(Strict):
+    alpha: float = Field(0.35, ge=0.0, lt=1.0, description="weight of the ConSE label bridge in the score; 0 = off")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the ImageNet probabilities")
+    template: str = Field("a {}.", description="how an ImageNet class name becomes a sentence")
+
+
+class ContrastiveLossConfig(Strict):
+    kind: Literal["clip", "siglip"] = "clip"
+    reduction: Literal["mean", "sum"] = Field("mean", description="mean (CLIP) or sum (the seed 'Contrastive') of the two directions")
+
+
+class CaptionTrainConfig(Strict):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(0, ge=0, description="0 = full batch (cached features fit in memory)")
+    lr: float = Field(1e-3, gt=0.0, description="heads")
+    lr_similarity: float | None = Field(None, gt=0.0, description="temperature/bias; null = lr")
+    lr_image_tower: float = Field(1e-5, gt=0.0)
+    lr_text_tower: float = Field(1e-5, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    warmup_steps: int = Field(10, ge=0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    ensemble: int = Field(3, ge=1)
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16 autocast on CPU; fp16/bf16 AMP on CUDA")
+    accum_steps: int = Field(1, ge=1, description="micro-batches per step, negatives from the whole batch (gradient caching)")
+    augment: bool = Field(False, description="random crops/flips/colour (kornia) on the image side; re-encodes images each step")
+    checkpoint_every: int = Field(25, ge=1, description="epochs between last.pt checkpoints")
+    log_every: int = Field(10, ge=1)
+
+
+def _caption_head() -> HeadConfig:
+    return HeadConfig(kind="mlp", hidden=1024, dropout=0.5, input_dropout=0.5, init_temperature=0.07, init_bias=None)
+
+
+class CaptionRunConfig(Strict):
+    data: CaptionDataConfig = CaptionDataConfig()
+    towers: CaptionTowersConfig = CaptionTowersConfig()
+    head: HeadConfig = Field(default_factory=_caption_head)
+    bridge: BridgeConfig = BridgeConfig()
+    loss: ContrastiveLossConfig = ContrastiveLossConfig()
+    train: CaptionTrainConfig = CaptionTrainConfig()
+    out: str = "runs/tux-retrieval"
+    cache_dir: str = ".cache/clipforge"
+
+
+class CaptionEvalConfig(Strict):
+    model: str = Field("runs/tux-retrieval/model", description="a saved clipforge model directory")
+    data: CaptionDataConfig = CaptionDataConfig()
+    chunk: int = Field(1024, ge=1, description="queries scored at a time (memory)")
+    examples: int = Field(8, ge=0, description="retrieval examples kept for the report")
+    out: str = Field("runs/tux-retrieval/eval.json", description="where the metrics JSON goes")
     cache_dir: str = ".cache/clipforge"
 
 

