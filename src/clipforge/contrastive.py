@@ -1,0 +1,127 @@
+"""The image-caption objective: CLIP (symmetric InfoNCE) or SigLIP over a batch of (image, caption) pairs.
+
+One module owns the forward so DistributedDataParallel can wrap it (``loss = ddp(batch)``):
+
+* each side comes either from cached features (a locked tower: LiT) or from the tower itself (an unlocked
+  tower, or augmentation), under bf16/fp16 autocast when asked;
+* every head of the ensemble gets its own loss, averaged;
+* features are gathered across ranks with gradients, so negatives are the global batch's;
+* positives are pairs with the same image id, so an image captioned twice in one batch is not its own
+  negative;
+* ``cached_gradient_step`` splits a batch into micro-batches but keeps the whole batch's negatives
+  (gradient caching, as open_clip's ``accum_freq``): embed everything without gradients, take the loss's
+  gradient w.r.t. the embeddings, then re-run each micro-batch with gradients and push that slice through.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .distributed import gather_no_grad
+from .losses import clip_loss, gather_with_grad, siglip_loss
+
+
+@dataclass
+class CaptionBatch:
+    """``images``: cached features (B, D) or PIL images; ``texts``: cached features or strings; ``owners``: image ids."""
+    images: object
+    texts: object
+    owners: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def slice(self, s: slice) -> "CaptionBatch":
+        return CaptionBatch(self.images[s], self.texts[s], self.owners[s])
+
+
+def autocast(precision: str, device: str = "cpu"):
+    """bf16 autocast on CPU, fp16/bf16 AMP on CUDA, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+class ContrastiveObjective(nn.Module):
+    def __init__(self, model, kind: str = "clip", reduction: str = "mean", image_cached: bool = True,
+                 text_cached: bool = True, augment: nn.Module | None = None, precision: str = "fp32"):
+        super().__init__()
+        if kind not in ("clip", "siglip"):
+            raise ValueError(f"loss kind must be clip or siglip, not {kind!r}")
+        self.model, self.kind, self.reduction = model, kind, reduction
+        self.image_cached, self.text_cached = image_cached, text_cached
+        self.augment, self.precision = augment, precision
+
+    # -- embeddings of one side -------------------------------------------------------------------
+    def image_members(self, images) -> torch.Tensor:
+        """(K, B, D): each ensemble member's normalised image embedding."""
+        m = self.model
+        if self.image_cached:
+            feats = torch.as_tensor(images)
+        else:
+            x = m.image_tower.prepare(images)
+            if self.augment is not None and self.training:
+                x = self.augment(x)
+            feats = m.image_tower(x)
+        return m.image_head.members_forward(feats.float())
+
+    def text_embeddings(self, texts) -> torch.Tensor:
+        m = self.model
+        feats = torch.as_tensor(texts) if self.text_cached else m.text_tower(m.text_tower.prepare(texts))
+        return m.embed_text_features(feats.float(), with_bridge=False)
+
+    def embed(self, batch: CaptionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.precision):
+            return self.image_members(batch.images).float(), self.text_embeddings(batch.texts).float()
+
+    # -- the loss -----------------------------------------------------------------------------------
+    def loss_from_embeddings(self, img: torch.Tensor, txt: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        img_all = gather_with_grad(img.transpose(0, 1).contiguous()).transpose(0, 1)  # gather along the batch axis
+        txt_all = gather_with_grad(txt)
+        own = gather_no_grad(owners)
+        positives = (own[:, None] == own[None, :]).float()
+        losses = []
+        for member in img_all:
+            logits = self.model.similarity(member, txt_all)
+            if self.kind == "clip":
+                loss = clip_loss(logits, positives)
+                losses.append(loss * 2 if self.reduction == "sum" else loss)
+            else:
+                losses.append(siglip_loss(logits, positives))
+        return torch.stack(losses).mean()
+
+    def forward(self, batch: CaptionBatch) -> torch.Tensor:
+        img, txt = self.embed(batch)
+        return self.loss_from_embeddings(img, txt, batch.owners)
+
+    def cached_gradient_step(self, batch: CaptionBatch, micro: int) -> torch.Tensor:
+        """Loss of the whole batch with gradients accumulated ``micro`` items at a time (does its own backward)."""
+        slices = [slice(s, s + micro) for s in range(0, len(batch), micro)]
+        rng, imgs, txts = [], [], []
+        with torch.no_grad():
+            for s in slices:
+                rng.append(torch.get_rng_state())  # same dropout/augmentation masks on the second pass
+                i, t = self.embed(batch.slice(s))
+                imgs.append(i)
+                txts.append(t)
+        img = torch.cat(imgs, 1).requires_grad_(True)
+        txt = torch.cat(txts, 0).requires_grad_(True)
+        loss = self.loss_from_embeddings(img, txt, batch.owners)
+        loss.backward()
+        for s, state in zip(slices, rng):
+            torch.set_rng_state(state)
+            i, t = self.embed(batch.slice(s))
+            torch.autograd.backward([i, t], [img.grad[:, s], txt.grad[s]])
+        return loss.detach()
+
+
+def kornia_augment(size: int) -> nn.Module:
+    """Light augmentation for small data, applied to the normalised batch (kornia: no torchvision needed)."""
+    import kornia.augmentation as K
+    return nn.Sequential(K.RandomResizedCrop((size, size), scale=(0.7, 1.0), ratio=(0.85, 1.18)),
+                         K.RandomHorizontalFlip(),
+                         K.RandomAffine(degrees=10, p=0.5))

@@ -1,0 +1,169 @@
+"""Image-caption data: one image, one or more captions (per language), and a report of what was left out.
+
+Where captions come from:
+* a CSV ``filename,caption`` (the seed "Contrastive" layout ``datasets/{train,valid}/images`` +
+  ``captions.csv``), parsed line by line (so captions cannot span lines) so one bad row (bad encoding, empty caption, missing file,
+  extra fields) is skipped and reported with its line number instead of failing the whole file;
+* packaged sources in ``tux_paint.py`` and ``emoji.py``.
+
+Several rows with the same filename give that image several captions; retrieval counts a hit when any
+of them is retrieved.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ClipforgeError
+from .dataset import SkipReport
+
+REQUIRED_COLUMNS = ("filename", "caption")
+
+
+@dataclass
+class CaptionDataset:
+    """``paths[i]`` has captions ``captions[i]`` (default language) and ``translations[lang][i]``."""
+    name: str
+    paths: list[Path]
+    captions: list[list[str]]
+    translations: dict[str, list[list[str]]] = field(default_factory=dict)
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, idx) -> "CaptionDataset":
+        idx = [int(i) for i in idx]
+        return CaptionDataset(self.name, [self.paths[i] for i in idx], [self.captions[i] for i in idx],
+                              {k: [v[i] for i in idx] for k, v in self.translations.items()}, self.skipped)
+
+    def in_language(self, lang: str) -> "CaptionDataset":
+        """The same images with ``lang`` captions as the default; images without one are dropped."""
+        if lang in ("", "default", "en") and lang not in self.translations:
+            return self
+        if lang not in self.translations:
+            raise ClipforgeError(f"dataset '{self.name}' has no '{lang}' captions; it has: {sorted(self.translations) or 'none'}")
+        keep = [i for i, caps in enumerate(self.translations[lang]) if caps]
+        sub = self.subset(keep)
+        return CaptionDataset(f"{self.name}[{lang}]", sub.paths, sub.translations[lang], sub.translations, self.skipped)
+
+    def pairs(self) -> tuple[list[str], np.ndarray]:
+        """Every caption once, with the index of its image: the unit of training and of text->image retrieval."""
+        texts, owner = [], []
+        for i, caps in enumerate(self.captions):
+            texts += caps
+            owner += [i] * len(caps)
+        return texts, np.asarray(owner, dtype=np.int64)
+
+    def fingerprint(self) -> str:
+        """Content key of the images (path, size, mtime) for the embedding cache; captions are keyed separately."""
+        h = hashlib.sha256(self.name.encode())
+        for p in self.paths:
+            st = p.stat() if p.exists() else None
+            h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
+        return h.hexdigest()[:16]
+
+
+def folds(n: int, k: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """``k`` disjoint held-out index sets covering ``range(n)``, from a fixed seed (DESIGN.md section 4)."""
+    order = np.random.RandomState(seed).permutation(n)
+    return [np.sort(order[i::k]) for i in range(k)]
+
+
+def _decode_lines(raw: bytes, report: SkipReport, where: str) -> list[tuple[int, str]]:
+    """UTF-8 lines with their 1-based numbers; a line that is not UTF-8 is reported, not fatal."""
+    out = []
+    for no, line in enumerate(raw.splitlines(), start=1):
+        try:
+            out.append((no, line.decode("utf-8-sig" if no == 1 else "utf-8")))
+        except UnicodeDecodeError as e:
+            report.add(f"{where}:{no}", f"line is not valid UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8")
+    return out
+
+
+def load_caption_csv(csv_path: str | Path, images_dir: str | Path | None = None, check_files: bool = True) -> CaptionDataset:
+    """Read ``filename,caption`` rows (other columns ignored). Bad rows are skipped with their line number.
+
+    ``images_dir`` defaults to ``images/`` next to the CSV when it exists, else the CSV's folder.
+    A missing required column is the one error that stops the load: nothing could be read without it.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ClipforgeError(f"caption CSV '{csv_path}' does not exist")
+    if images_dir is None:
+        images_dir = csv_path.parent / "images" if (csv_path.parent / "images").is_dir() else csv_path.parent
+    images_dir = Path(images_dir)
+    report = SkipReport()
+    lines = _decode_lines(csv_path.read_bytes(), report, csv_path.name)
+    if not lines:
+        raise ClipforgeError(f"caption CSV '{csv_path}' is empty; it needs a header line 'filename,caption'")
+    header_no, header_text = lines[0]
+    header = [h.strip().lower() for h in next(csv.reader([header_text]))]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ClipforgeError(f"caption CSV '{csv_path}' has no column {' or '.join(repr(m) for m in missing)} "
+                             f"(header: {header}); the first line must name the columns, e.g. 'filename,caption'")
+    fi, ci = header.index("filename"), header.index("caption")
+    by_file: dict[str, list[str]] = {}
+    for no, row in _rows(lines[1:], report, csv_path.name):
+        if len(row) != len(header):
+            report.add(f"{csv_path.name}:{no}", f"has {len(row)} fields, the header has {len(header)}; quote captions that contain commas")
+            continue
+        name, caption = row[fi].strip(), " ".join(row[ci].split())
+        if not name:
+            report.add(f"{csv_path.name}:{no}", "empty filename")
+            continue
+        if not caption:
+            report.add(f"{csv_path.name}:{no}", f"empty caption for '{name}'")
+            continue
+        by_file.setdefault(name, []).append(caption)
+    paths, captions = [], []
+    for name, caps in by_file.items():
+        path = (images_dir / name).resolve()
+        if check_files and not path.is_file():
+            report.add(f"{csv_path.name}:{name}", f"image file not found: {path}")
+            continue
+        paths.append(path)
+        captions.append(caps)
+    return CaptionDataset(csv_path.stem, paths, captions, skipped=report)
+
+
+def _rows(lines: list[tuple[int, str]], report: SkipReport, where: str):
+    """csv rows with the line number they start on; a row the csv module cannot parse is reported."""
+    for no, text in lines:
+        if not text.strip():
+            continue
+        try:
+            rows = list(csv.reader(io.StringIO(text)))
+        except csv.Error as e:
+            report.add(f"{where}:{no}", f"cannot parse CSV row: {e}")
+            continue
+        if rows:
+            yield no, rows[0]
+
+
+def load_caption_source(spec: str) -> CaptionDataset:
+    """``tux-paint``, ``emoji``, ``csv:<file>``, ``captions:<dir with captions.csv>`` or a .csv path."""
+    scheme, _, rest = spec.partition(":")
+    if spec == "tux-paint" or scheme == "tux-paint":
+        from .tux_paint import load_tux_paint
+        return load_tux_paint(rest or None)
+    if spec == "emoji" or scheme == "emoji":
+        from .emoji import load_emoji
+        return load_emoji(rest or None)
+    if scheme == "csv":
+        return load_caption_csv(rest)
+    if scheme == "captions":
+        return load_caption_csv(Path(rest) / "captions.csv")
+    if spec.endswith(".csv"):
+        return load_caption_csv(spec)
+    raise ClipforgeError(f"unknown caption source '{spec}': use tux-paint, emoji, csv:<file.csv> or "
+                         "captions:<dir with captions.csv and images/>")
+
+
+__all__ = ["CaptionDataset", "load_caption_csv", "load_caption_source", "folds"]
