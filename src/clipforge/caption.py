@@ -103,8 +103,8 @@ def _images_of(ds: CaptionDataset, tower, cached: bool, cache: EmbeddingCache, s
 def prepare(cfg: CaptionRunConfig, progress: bool = True, towers: tuple | None = None) -> Prepared:
     image_tower, text_tower = towers or (build_tower(cfg.towers.image, "image", cfg.towers.image_size, cfg.towers.invert),
                                          build_tower(cfg.towers.text, "text"))
-    image_cached = cfg.towers.lock_image and not cfg.train.augment
-    text_cached = cfg.towers.lock_text
+    image_cached = cfg.towers.lock_image and not cfg.train.augment and cfg.train.cache_features
+    text_cached = cfg.towers.lock_text and cfg.train.cache_features
     cache = EmbeddingCache(cfg.cache_dir)
     size = image_tower_size(image_tower, cfg)
     full, images = _images_of(load_caption_source(cfg.data.source), image_tower, image_cached, cache, size, progress)

@@ -131,6 +131,7 @@ class CaptionTrainConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16 autocast on CPU; fp16/bf16 AMP on CUDA")
     accum_steps: int = Field(1, ge=1, description="micro-batches per step, negatives from the whole batch (gradient caching)")
     augment: bool = Field(False, description="random crops/flips/colour (kornia) on the image side; re-encodes images each step")
+    cache_features: bool = Field(True, description="locked towers: embed once and train on cached features (false = re-encode every step, as open_clip's LiT does)")
     checkpoint_every: int = Field(25, ge=1, description="epochs between last.pt checkpoints")
     log_every: int = Field(10, ge=1)
 
