@@ -80,7 +80,9 @@ class ContrastiveObjective(nn.Module):
 
     # -- the loss -----------------------------------------------------------------------------------
     def loss_from_embeddings(self, img: torch.Tensor, txt: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-        img_all = gather_with_grad(img.transpose(0, 1).contiguous()).transpose(0, 1)  # gather along the batch axis
+        # one gather per ensemble member: gathering a transposed (B, K, D) view sends non-contiguous gradients
+        # through gloo's all-to-all backward, which silently scrambles them (tests/test_distributed.py)
+        img_all = torch.stack([gather_with_grad(member.contiguous()) for member in img])
         txt_all = gather_with_grad(txt)
         own = gather_no_grad(owners)
         positives = (own[:, None] == own[None, :]).float()

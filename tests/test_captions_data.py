@@ -1,0 +1,79 @@
+"""Caption CSVs and the Tux Paint source: bad rows are skipped with their line numbers, never fatal."""
+import pytest
+
+from clipforge.data.captions import folds, load_caption_csv, load_caption_source
+from clipforge.data.tux_paint import load_tux_paint, parse_stamp_text
+from clipforge.errors import ClipforgeError
+
+from captionutil import make_caption_set
+
+
+def test_good_csv_groups_captions_per_image(tmp_path):
+    csv = make_caption_set(tmp_path, copies=1)
+    ds = load_caption_csv(csv)
+    assert len(ds) == 12 and all(len(c) == 2 for c in ds.captions)
+    assert ds.captions[0] == ["a red circle", "a circle, coloured red"]  # quoted comma kept
+    texts, owner = ds.pairs()
+    assert len(texts) == 24 and list(owner[:4]) == [0, 0, 1, 1]
+    assert len(ds.skipped) == 0
+
+
+def test_bad_rows_are_skipped_with_line_numbers(tmp_path):
+    csv = make_caption_set(tmp_path, copies=1)
+    good = csv.read_bytes()
+    bad = (b"filename,caption,source\n"                              # an extra header column is fine
+           b"red_circle_0.png,a red circle,web\n"                     # line 2: good
+           b"missing.png,a ghost,web\n"                               # line 3: file missing
+           b"green_square_0.png,,web\n"                               # line 4: empty caption
+           b"blue_triangle_0.png,caf\xe9 latin-1,web\n"               # line 5: not UTF-8
+           b"yellow_circle_0.png,a yellow circle,web,extra,fields\n"  # line 6: too many fields
+           b"\n"                                                      # line 7: blank, ignored
+           b"red_square_0.png,a red square,web\n")                    # line 8: good
+    csv.write_bytes(bad)
+    ds = load_caption_csv(csv)
+    assert [p.name for p in ds.paths] == ["red_circle_0.png", "red_square_0.png"]
+    reasons = dict(ds.skipped.items)
+    assert "captions.csv:4" in reasons and "empty caption" in reasons["captions.csv:4"]
+    assert "captions.csv:5" in reasons and "UTF-8" in reasons["captions.csv:5"]
+    assert "captions.csv:6" in reasons and "fields" in reasons["captions.csv:6"]
+    assert any("missing.png" in k and "not found" in v for k, v in reasons.items())
+    assert len(ds.skipped) == 4
+    assert good  # the original file was valid
+
+
+def test_missing_required_column_is_one_clear_error(tmp_path):
+    (tmp_path / "captions.csv").write_text("file,text\na.png,a cat\n")
+    with pytest.raises(ClipforgeError) as e:
+        load_caption_csv(tmp_path / "captions.csv")
+    msg = str(e.value)
+    assert "'filename'" in msg and "'caption'" in msg and "header" in msg and "\n" not in msg
+
+
+def test_source_specs(tmp_path):
+    csv = make_caption_set(tmp_path, copies=1)
+    assert len(load_caption_source(f"csv:{csv}")) == 12
+    assert len(load_caption_source(f"captions:{tmp_path}")) == 12
+    with pytest.raises(ClipforgeError, match="unknown caption source"):
+        load_caption_source("nope")
+
+
+def test_folds_partition_and_are_fixed():
+    fs = folds(785, 5, 0)
+    joined = sorted(i for f in fs for i in f)
+    assert joined == list(range(785)) and [len(f) for f in fs] == [157] * 5
+    assert all((a == b).all() for a, b in zip(fs, folds(785, 5, 0)))
+
+
+def test_stamp_text_parsing():
+    en, tr = parse_stamp_text("A frog.\nach.utf8=Ogwal.\nzh_CN.utf8=青蛙。\n")
+    assert en == "A frog." and tr["zh_CN"] == "青蛙。" and tr["ach"] == "Ogwal."
+
+
+def test_tux_paint_source_skips_mirrors_and_uncaptioned():
+    ds = load_tux_paint()
+    assert len(ds) == 785                       # DESIGN.md: 785 captioned PNGs
+    assert not any("_mirror" in p.name for p in ds.paths)
+    assert all(len(c) == 1 and c[0] for c in ds.captions)
+    zh = ds.in_language("zh")
+    assert 600 < len(zh) < 785 and all(c for c in zh.captions)
+    assert any("no caption file" in r for _, r in ds.skipped.items)
