@@ -126,9 +126,9 @@ def prepare(cfg: CaptionRunConfig, progress: bool = True, towers: tuple | None =
     return Prepared(train, test, image_tower, text_tower, image_cached, text_cached)
 
 
-def image_tower_size(tower, cfg: CaptionRunConfig) -> int:
+def image_tower_size(tower, cfg) -> int:
     pre = getattr(tower, "pre", None)
-    return getattr(pre, "size", cfg.towers.image_size)
+    return getattr(pre, "size", None) or getattr(getattr(cfg, "towers", None), "image_size", 224)
 
 
 def build_model(cfg: CaptionRunConfig, p: Prepared) -> DualEncoder:
@@ -278,4 +278,27 @@ def run(cfg: CaptionRunConfig, progress: bool = True, resume: bool = False) -> d
         result["seconds"] = {"prepare": t1 - t0, "train": t2 - t1, "total": time.time() - t0}
         result["config"] = cfg.model_dump()
         (out / "results.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    return result
+
+
+def evaluate_saved(cfg) -> dict:
+    """Eval stage: a saved model on the held-out fold (or the whole source when ``data.fold`` is null)."""
+    model = DualEncoder.from_pretrained(cfg.model)
+    saved = json.loads((Path(cfg.model) / "config.json").read_text())
+    cached = not saved.get("image_tower_trained", False)  # a fine-tuned tower must not reuse pretrained features
+    cache = EmbeddingCache(cfg.cache_dir)
+    full, images = _images_of(load_caption_source(cfg.data.source), model.image_tower, cached, cache,
+                              image_tower_size(model.image_tower, cfg), progress=False)
+    if cfg.data.fold is None:
+        idx = np.arange(len(full))
+    else:
+        _, idx = _split(full, cfg)
+    side = _side(full, images, idx, cfg.data.language)
+    metrics, ex = evaluate(model, side, cached, cfg.examples)
+    result = {"dataset": cfg.data.source, "language": cfg.data.language, "fold": cfg.data.fold, "model": cfg.model,
+              "task": "zeroshot_retrieval", "metrics": metrics, "examples": ex,
+              "skipped": [{"item": i, "reason": r} for i, r in full.skipped.items]}
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,6 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+
+# Test hook: seconds to sleep after every step, so a crash test can kill -9 a run reliably mid-epoch.
+STEP_DELAY = float(os.environ.get("CLIPFORGE_TEST_STEP_DELAY", "0") or 0)
 
 
 def seed_everything(seed: int) -> None:
@@ -150,6 +155,8 @@ class Trainer:
                     self.opt.step()
                 self.sched.step()
                 self.state.step += 1
+                if STEP_DELAY:
+                    time.sleep(STEP_DELAY)
                 losses.append(float(loss.detach()))
                 if self.writer and self.state.step % self.log_every == 0:
                     self.writer.add_scalar("train/loss", losses[-1], self.state.step)

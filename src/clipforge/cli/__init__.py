@@ -30,6 +30,7 @@ def friendly(fn):
 
 # Command modules register themselves on import (keep this list in pipeline order).
 from . import core  # noqa: E402,F401
+from . import caption  # noqa: E402,F401  (train, eval, bench tux-retrieval)
 from . import mnist_report  # noqa: E402,F401  (bench mnist, report)
 from . import use  # noqa: E402,F401  (index, serve, similarity, download)
 

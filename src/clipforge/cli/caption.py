@@ -1,0 +1,67 @@
+"""Image-caption commands: the train and eval stages (YAML configs, like the seed's), and the Tux Paint benchmark."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app, bench_app, friendly
+
+PACKAGED = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _config_path(path: Optional[Path]) -> Optional[Path]:
+    """A file, or the name of a packaged config (``caption-train``, ``siglip``, ``lit-text``...)."""
+    if path is None or path.exists():
+        return path
+    packaged = PACKAGED / (path.name if path.suffix else f"{path.name}.yaml")
+    return packaged if packaged.is_file() else path
+
+
+@app.command("train")
+@friendly
+def train_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (or a packaged name: caption-train, siglip, lit-text)"),
+              set_: List[str] = typer.Option([], "--set", "-s", help="override a field: section.field=value"),
+              resume: bool = typer.Option(False, help="continue from out/checkpoints/last.pt"),
+              quiet: bool = typer.Option(False, help="no progress bars")):
+    """Align the towers on image-caption pairs (CLIP / SigLIP / LiT), then retrieval on the held-out fold."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .. import caption
+    from ..config import CaptionRunConfig, load_config
+    cfg = load_config(_config_path(config), set_, cls=CaptionRunConfig)
+    result = caption.run(cfg, progress=not quiet, resume=resume)
+    if "metrics" in result:
+        m = result["metrics"]
+        typer.echo("  ".join(f"{k} {m[k]:.3f}" for k in m if "R@" in k or k == "MR"))
+    if result["n_skipped"]:
+        typer.echo(f"skipped items: {result['n_skipped']} (see {cfg.out}/skipped.json)")
+    typer.echo(f"model saved to {cfg.out}/model; results in {cfg.out}/results.json")
+
+
+@app.command("eval")
+@friendly
+def eval_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML eval config (or caption-eval)"),
+             set_: List[str] = typer.Option([], "--set", "-s", help="override a field: section.field=value")):
+    """Retrieval R@1/5/10 (image->text, text->image) and MR of a saved model."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .. import caption
+    from ..config import CaptionEvalConfig, load_config
+    cfg = load_config(_config_path(config), set_, cls=CaptionEvalConfig)
+    result = caption.evaluate_saved(cfg)
+    typer.echo(json.dumps(result["metrics"], indent=1))
+    typer.echo(f"wrote {cfg.out}")
+
+
+@bench_app.command("tux-retrieval")
+@friendly
+def bench_tux(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
+              set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
+              methods: str = typer.Option("clipforge,seed-contrastive", help="comma-separated methods")):
+    """Tux Paint 5-fold image-caption retrieval, every method side by side (DESIGN.md section 4)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..bench.tux_retrieval import run_tux_retrieval
+    path = run_tux_retrieval(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_))
+    typer.echo(f"wrote {path}")
