@@ -33,6 +33,8 @@ def train_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help
     from ..config import CaptionRunConfig, load_config
     cfg = load_config(_config_path(config), set_, cls=CaptionRunConfig)
     result = caption.run(cfg, progress=not quiet, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     if "metrics" in result:
         m = result["metrics"]
         typer.echo("  ".join(f"{k} {m[k]:.3f}" for k in m if "R@" in k or k == "MR"))
