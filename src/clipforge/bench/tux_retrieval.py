@@ -8,6 +8,7 @@ cross-entropies summed, no ConSE bridge, one head.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,11 +42,12 @@ def run_tux_retrieval(out: str | Path, methods: list[str], overrides: list[str] 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     towers, rows = None, []
+    scratch = tempfile.TemporaryDirectory(prefix="clipforge-bench-")  # checkpoints of the per-fold runs: not results
     for method in methods:
         per_fold, first = [], None
         for fold in fold_ids:
             cfg = build_config(CaptionRunConfig, {}, [*method_overrides(method), *overrides, f"data.fold={fold}",
-                                                      f"out={out / '.runs' / method / str(fold)}"])
+                                                      f"out={Path(scratch.name) / method / str(fold)}"])
             ts = time.time()
             p = caption.prepare(cfg, progress=progress, towers=towers)
             towers = (p.image_tower, p.text_tower)
@@ -61,6 +63,7 @@ def run_tux_retrieval(out: str | Path, methods: list[str], overrides: list[str] 
                      "metrics": {k: float(np.mean([f[k] for f in per_fold])) for k in keys},
                      "std": {k: float(np.std([f[k] for f in per_fold])) for k in keys},
                      "per_fold": per_fold, **first})
+    scratch.cleanup()
     cfg = build_config(CaptionRunConfig, {}, list(overrides))
     result = {"suite": suite, "dataset": cfg.data.source, "language": cfg.data.language, "task": "zeroshot_retrieval",
               "model": f"{cfg.towers.image} + {cfg.towers.text}",
