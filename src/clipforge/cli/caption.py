@@ -61,7 +61,8 @@ def eval_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help=
 @friendly
 def bench_tux(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
               set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
-              methods: str = typer.Option("clipforge,seed-contrastive", help="comma-separated methods")):
+              methods: str = typer.Option("clipforge,seed-contrastive,conse,procrustes,least-squares,asif",
+                                         help="comma-separated methods")):
     """Tux Paint 5-fold image-caption retrieval, every method side by side (DESIGN.md section 4)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..bench.tux_retrieval import run_tux_retrieval
