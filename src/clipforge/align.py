@@ -116,22 +116,38 @@ def class_scores(model: DualEncoder, p: Prepared, x: np.ndarray) -> np.ndarray:
 def calibrate_gamma(cfg: RunConfig, p: Prepared, progress: bool = False) -> float:
     """GZSL calibration chosen on a pseudo split of the SEEN classes only: some seen classes play unseen,
     a small model is trained on the rest, and the gamma that maximises its H is kept."""
-    n_val = max(1, round(len(p.seen) * len(p.unseen) / len(p.class_names)))
-    rng = np.random.RandomState(cfg.data.split_seed + 1000)
-    val_unseen = sorted(rng.choice(p.seen, n_val, replace=False).tolist())
-    val_seen = [c for c in p.seen if c not in val_unseen]
+    val_seen, val_unseen = pseudo_split(cfg, p)
     small = train_model(cfg, p, seen=val_seen, progress=progress, ensemble=1)
     m = np.isin(p.train_y, p.seen)
     # Held-out images of the pseudo-unseen classes are unseen by ``small``; the seen ones were trained on,
     # as the real seen classes were for the real model.
-    scores = class_scores(small, p, p.train_x[m])[:, p.seen]
+    return gamma_on_seen(class_scores(small, p, p.train_x[m]), p, val_seen, val_unseen)
+
+
+def pseudo_split(cfg: RunConfig, p: Prepared) -> tuple[list[int], list[int]]:
+    """Some SEEN classes play unseen (as many, proportionally, as the real split has): for choices that must
+    never look at the real unseen classes."""
+    n_val = max(1, round(len(p.seen) * len(p.unseen) / len(p.class_names)))
+    rng = np.random.RandomState(cfg.data.split_seed + 1000)
+    val_unseen = sorted(rng.choice(p.seen, n_val, replace=False).tolist())
+    return [c for c in p.seen if c not in val_unseen], val_unseen
+
+
+def gamma_on_seen(scores_all: np.ndarray, p: Prepared, val_seen: list[int], val_unseen: list[int]) -> float:
+    """Best calibrated-stacking gamma on the seen-class training images, scored by a model that saw ``val_seen`` only."""
+    m = np.isin(p.train_y, p.seen)
+    scores = scores_all[:, p.seen]
     local = {c: i for i, c in enumerate(p.seen)}
     y = np.array([local[int(v)] for v in p.train_y[m]])
     return best_gamma(scores, y, [local[c] for c in val_seen], [local[c] for c in val_unseen])
 
 
 def evaluate_model(model: DualEncoder, p: Prepared, gamma: float = 0.0, probe: bool = True) -> dict:
-    s = class_scores(model, p, p.test_x)
+    return evaluate_scores(class_scores(model, p, p.test_x), p, gamma, probe)
+
+
+def evaluate_scores(s: np.ndarray, p: Prepared, gamma: float = 0.0, probe: bool = True) -> dict:
+    """Every metric of the protocol from (n_test, n_classes) scores, whatever method produced them."""
     mu, ms = np.isin(p.test_y, p.unseen), np.isin(p.test_y, p.seen)
     unseen = topk_metrics(s[mu], p.test_y[mu], p.unseen)
     seen = topk_metrics(s[ms], p.test_y[ms], p.seen)

@@ -16,7 +16,13 @@ METHODS: dict[str, list[str]] = {
 }
 
 
+# Methods that run on the default config's features but are not a config of the trainer.
+EXTRA = ("clipforge-transductive", "linear-probe", "conse", "procrustes", "least-squares", "asif")
+
+
 def method_overrides(name: str) -> list[str]:
+    if name in EXTRA:
+        return []
     if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'; choose from {sorted(METHODS)}")
+        raise ConfigError(f"unknown method '{name}'; choose from {sorted(METHODS) + list(EXTRA)}")
     return METHODS[name]

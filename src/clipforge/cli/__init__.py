@@ -31,6 +31,7 @@ def friendly(fn):
 # Command modules register themselves on import (keep this list in pipeline order).
 from . import core  # noqa: E402,F401
 from . import caption  # noqa: E402,F401  (train, eval, bench tux-retrieval)
+from . import leaderboard  # noqa: E402,F401  (bench all, bench leaderboard)
 from . import mnist_report  # noqa: E402,F401  (bench mnist, report)
 from . import use  # noqa: E402,F401  (index, serve, similarity, download)
 

@@ -1,0 +1,80 @@
+"""One leaderboard over every suite: ``clipforge bench all`` runs them, then writes leaderboard.md + report.html.
+
+Each suite writes its own JSON (clipforge first, DESIGN.md section 4); this module only reads them and puts
+every method side by side on the suite's headline metrics, best value in bold, with the JSON's wall time.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SUITES = {
+    "fashion-zsl": ["unseen_top1", "unseen_mean_per_class_recall", "seen_top1", "gzsl_h"],
+    "tux-retrieval": ["MR", "image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@10", "text_to_image_R@10"],
+    "tux-retrieval-zh": ["MR_zh", "MR_en", "MR"],
+    "mnist": ["top1", "mean_per_class_recall"],
+}
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "–"
+
+
+def suite_table(data: dict) -> str:
+    suite = data.get("suite") or data.get("dataset", "?")
+    keys = [k for k in SUITES.get(suite, []) if any(k in r.get("metrics", {}) for r in data["results"])]
+    if not keys:
+        keys = sorted({k for r in data["results"] for k, v in r.get("metrics", {}).items() if isinstance(v, (int, float))})[:5]
+    best = {k: max((r["metrics"][k] for r in data["results"] if isinstance(r.get("metrics", {}).get(k), (int, float))),
+                   default=None) for k in keys}
+    lines = [f"### {suite}  ({data.get('model', '')}; {data.get('wall_seconds', '?')} s)", "",
+             "| rank | method | " + " | ".join(keys) + " | setting |", "|---|---|" + "---|" * len(keys) + "---|"]
+    primary = keys[0] if keys else None
+    rows = sorted(data["results"], key=lambda r: -(r.get("metrics", {}).get(primary) or -1)) if primary else data["results"]
+    for i, r in enumerate(rows, 1):
+        cells = []
+        for k in keys:
+            v = r.get("metrics", {}).get(k)
+            cells.append(f"**{_fmt(v)}**" if v is not None and v == best[k] else _fmt(v))
+        setting = r.get("setting") or (r.get("per_split") or [{}])[0].get("setting", "inductive")
+        lines.append(f"| {i} | {r['method']} | " + " | ".join(cells) + f" | {setting} |")
+    return "\n".join(lines)
+
+
+def write_leaderboard(directory: str | Path) -> Path:
+    d = Path(directory)
+    parts = ["# clipforge leaderboard", "",
+             "Every method on the same cached features and splits, per suite (ranked by the first column). "
+             "Transductive and supervised rows are labelled in the last column and are not inductive zero-shot.", ""]
+    for name in SUITES:
+        path = d / f"{name}.json"
+        if path.is_file():
+            parts += [suite_table(json.loads(path.read_text())), ""]
+        else:
+            parts += [f"### {name}", "", f"(not run: {path.name} is missing)", ""]
+    out = d / "leaderboard.md"
+    out.write_text("\n".join(parts))
+    return out
+
+
+def run_all(out: str | Path) -> list[Path]:
+    """Every suite with every method it supports, then the leaderboard and the HTML report."""
+    from .fashion_zsl import run_fashion_zsl
+    from .tux_retrieval import run_tux_retrieval
+    out = Path(out)
+    written = [
+        run_fashion_zsl(out, ["clipforge", "clipforge-transductive", "seed-pair-siamese", "clipforge-names", "conse",
+                              "procrustes", "least-squares", "asif", "linear-probe"]),
+        run_tux_retrieval(out, ["clipforge", "seed-contrastive", "conse", "procrustes", "least-squares", "asif"]),
+    ]
+    try:
+        from .bilingual import run_tux_retrieval_zh
+        written.append(run_tux_retrieval_zh(out))
+    except ImportError:  # pragma: no cover - the bilingual suite is optional in this build
+        pass
+    from .mnist import run_mnist
+    written.append(run_mnist(out))
+    written.append(write_leaderboard(out))
+    from ..evaluate.report import build_report
+    written.append(build_report(out, None, title="clipforge leaderboard"))
+    return written

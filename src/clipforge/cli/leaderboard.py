@@ -1,0 +1,27 @@
+"""``clipforge bench all`` (every suite, every method, then the leaderboard) and ``clipforge bench leaderboard``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from . import bench_app, friendly
+
+
+@bench_app.command("all")
+@friendly
+def bench_all(out: Path = typer.Option(Path("benchmarks/results"), help="output folder")):
+    """fashion-zsl, tux-retrieval, tux-retrieval-zh and mnist for every method; leaderboard.md + report.html."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..bench.leaderboard import run_all
+    for path in run_all(out):
+        typer.echo(f"wrote {path}")
+
+
+@bench_app.command("leaderboard")
+@friendly
+def bench_leaderboard(directory: Path = typer.Argument(Path("benchmarks/results"), help="folder of benchmark JSONs")):
+    """Rebuild leaderboard.md from the benchmark JSONs already in DIR (no training)."""
+    from ..bench.leaderboard import write_leaderboard
+    typer.echo(f"wrote {write_leaderboard(directory)}")
