@@ -26,7 +26,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def ranks_image_to_text(image_emb, text_emb, text_owner, score: Callable = _dot, chunk: int = 1024) -> np.ndarray:
     """For each image, the rank of its best caption among all texts."""
-    img, txt = torch.as_tensor(image_emb), torch.as_tensor(text_emb)
+    img, txt = torch.as_tensor(image_emb, dtype=torch.float32), torch.as_tensor(text_emb, dtype=torch.float32)
     owner = torch.as_tensor(np.asarray(text_owner), dtype=torch.long)
     out = []
     for s in range(0, len(img), chunk):
@@ -40,7 +40,7 @@ def ranks_image_to_text(image_emb, text_emb, text_owner, score: Callable = _dot,
 @torch.inference_mode()
 def ranks_text_to_image(image_emb, text_emb, text_owner, score: Callable = _dot, chunk: int = 1024) -> np.ndarray:
     """For each caption, the rank of its image among all images."""
-    img, txt = torch.as_tensor(image_emb), torch.as_tensor(text_emb)
+    img, txt = torch.as_tensor(image_emb, dtype=torch.float32), torch.as_tensor(text_emb, dtype=torch.float32)
     owner = torch.as_tensor(np.asarray(text_owner), dtype=torch.long)
     out = []
     for s in range(0, len(txt), chunk):
