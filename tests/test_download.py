@@ -54,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path
         Handler.hits[path] += 1
         if path == "/slow.png":
-            time.sleep(1.0)
+            time.sleep(2.5)
             try:
                 return self._send(200, GOOD["/good0.png"])
             except OSError:
@@ -79,11 +79,15 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(404, b"not found", "text/plain")
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128   # the default backlog of 5 drops SYNs when 8 workers connect at once
+
+
 @pytest.fixture
 def server():
     Handler.hits = Counter()
     Handler.flaky_left = {}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = Server(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
@@ -105,7 +109,7 @@ def _write_urls(path, base):
     return rows
 
 
-SETTINGS = DownloadSettings(workers=8, timeout=0.5, retries=2, backoff=0.05, min_side=16)
+SETTINGS = DownloadSettings(workers=8, timeout=1.0, retries=2, backoff=0.05, min_side=16)
 
 
 def test_download_keeps_good_images_and_reports_every_failure(tmp_path, server):
@@ -149,7 +153,7 @@ def test_rerun_resumes_without_fetching_done_files(tmp_path, server):
 
 def test_cli_download_then_index_build_reads_the_folder(tmp_path, server):
     _write_urls(tmp_path / "urls.csv", server)
-    r = CliRunner().invoke(app, ["download", str(tmp_path / "urls.csv"), "--out", str(tmp_path / "out"), "--timeout", "0.5",
+    r = CliRunner().invoke(app, ["download", str(tmp_path / "urls.csv"), "--out", str(tmp_path / "out"), "--timeout", "1",
                                  "--retries", "2", "--min-side", "16", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "8 images" in r.output and "failures.csv" in r.output

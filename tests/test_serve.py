@@ -162,9 +162,33 @@ def test_concurrent_text_queries_share_one_forward_pass():
     assert [len(b) for b in seen] == [8, 8, 4]
 
 
+def test_two_text_workers_run_two_batches_at_once():
+    import threading
+    inside, peak, lock = [0], [0], threading.Lock()
+
+    def fn(items):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        import time
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return items
+
+    async def burst():
+        runner = BatchRunner(fn, max_batch=2, workers=2)
+        out = await asyncio.gather(*(runner.submit(i) for i in range(8)))
+        runner.close()
+        return out, runner.batches
+
+    out, batches = asyncio.run(burst())
+    assert out == list(range(8)) and batches == 4 and peak[0] == 2
+
+
 def test_batched_text_search_equals_one_by_one():
     index_dir, _ = useutil.shared_index()
-    app = create_app(index_dir, ServeSettings(query_cache=0))
+    app = create_app(index_dir, ServeSettings(query_cache=0, text_workers=1))
     queries = ["a circle", "a square", "一个三角形", "a line", "a circle"]
 
     async def burst():
@@ -175,3 +199,20 @@ def test_batched_text_search_equals_one_by_one():
     ix = ImageIndex.load(index_dir)
     for q, res in zip(queries, batched):
         assert [x["id"] for x in res] == [h.id for h in ix.search_text(q, 3)]
+
+
+def test_onnx_text_runtime_gives_the_torch_numbers(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from clipforge.serve.fasttext import text_encoder
+    monkeypatch.setenv("CLIPFORGE_ONNX_CACHE", str(tmp_path))
+    model = DualEncoder.from_pretrained(useutil.trained_model_dir())
+    fast, slow = text_encoder(model, "onnx"), text_encoder(model, "torch")
+    assert fast.runtime == "onnx" and slow.runtime == "torch" and list(tmp_path.glob("text-*.onnx"))
+    texts = ["a circle", "a very long query about a small red triangle lying on a wooden table at night", "一个圆形", "x"]
+    np.testing.assert_allclose(fast(texts), slow(texts), atol=2e-5)
+    index_dir, _ = useutil.shared_index()
+    client = TestClient(create_app(index_dir, ServeSettings(text_runtime="onnx")))
+    assert client.get("/api/health").json()["text_runtime"] == "onnx"
+    res = client.get("/api/search/text", params={"q": "a square", "k": 3}).json()["results"]
+    assert [r["id"] for r in res] == [h.id for h in ImageIndex.load(index_dir).search_text("a square", 3)]

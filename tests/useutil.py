@@ -5,6 +5,7 @@ in a second on coloured shapes, so text queries such as "a circle" have right an
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "line")
 _CACHE: dict = {}
+# The web service exports its text tower to ONNX once per tower; keep that export out of the user's home.
+os.environ.setdefault("CLIPFORGE_ONNX_CACHE", tempfile.mkdtemp(prefix="clipforge-onnx-"))
 
 
 def draw(kind: str, rng: np.random.RandomState, size: int = 48) -> Image.Image:

@@ -34,6 +34,7 @@ from ..similarity import Image as ImageItem
 from ..similarity import Similarity
 from ..similarity import Text as TextItem
 from .batcher import LRU, BatchRunner
+from .fasttext import text_encoder
 from .uploads import BodyLimit, decode_upload
 
 log = logging.getLogger("clipforge.serve")
@@ -59,6 +60,8 @@ class ServeSettings:
     thumbnail_size: int = 256
     max_batch: int = 64
     query_cache: int = 4096      # text embeddings of recent queries kept (0 = none)
+    text_workers: int = 2        # batches embedded at the same time, each in its own thread (~ one per core)
+    text_runtime: str = "auto"   # text tower on 'onnx' (ONNX Runtime), 'torch', or 'auto' (onnx when installed)
     thumbnail_cache: int = 2048
 
 
@@ -97,6 +100,7 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
         idx.use_model(model)
     m = idx.model
     sim = Similarity(m)
+    encode_texts = text_encoder(m, s.text_runtime)
     query_cache, thumbs, classifiers = LRU(s.query_cache), LRU(s.thumbnail_cache), LRU(32)
 
     def text_batch(items: list[tuple[str, int]]) -> list[list]:
@@ -104,13 +108,13 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
         vec = {t: query_cache.get(t) for t in texts}
         todo = [t for t in texts if vec[t] is None]
         if todo:
-            for t, v in zip(todo, m.encode_text(todo)):
+            for t, v in zip(todo, encode_texts(todo)):
                 vec[t] = v
                 query_cache.put(t, v)
         hits = idx.search_vectors(np.stack([vec[t] for t, _ in items]), max(k for _, k in items))
         return [[_hit_json(h) for h in row[:k]] for row, (_, k) in zip(hits, items)]
 
-    runner = BatchRunner(text_batch, s.max_batch, "clipforge-text")
+    runner = BatchRunner(text_batch, s.max_batch, "clipforge-text", s.text_workers)
     app = FastAPI(title="clipforge", version="0.1.0",
                   description="Search an image collection by text or image, and classify images zero-shot against "
                               "your own labels, with a clipforge model.")
@@ -143,7 +147,9 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
     @app.get("/api/health", tags=["service"])
     def health():
         return {"status": "ok", "images": len(idx), "dim": idx.dim, "index": idx.spec.to_dict(),
-                "model": {"image_tower": m.image_tower.tower_id, "text_tower": m.text_tower.tower_id}}
+                "model": {"image_tower": m.image_tower.tower_id, "text_tower": m.text_tower.tower_id},
+                "text_runtime": encode_texts.runtime,
+                "text_batches": {"batches": runner.batches, "queries": runner.items}}
 
     @app.get("/api/search/text", tags=["search"])
     async def search_text(q: str = Query(..., min_length=1, max_length=s.max_query_chars, description="the text query (any language the text tower reads)"),
@@ -152,7 +158,8 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
         query = q.strip()
         if not query:
             raise HTTPException(422, "the query is empty")
-        return {"query": query, "results": await runner.submit((query, k))}
+        # A plain JSONResponse: the hits are already JSON types, so FastAPI's encoder walk is skipped.
+        return JSONResponse({"query": query, "results": await runner.submit((query, k))})
 
     @app.post("/api/search/image", tags=["search"])
     def search_image(file: UploadFile = File(..., description="an image"), k: int = Form(20, ge=1, le=s.max_k)):

@@ -1,9 +1,11 @@
 """Concurrent text queries answered by one forward pass.
 
-Requests put their query on a list and wait; one worker drains the list, embeds everything that is waiting
-as one batch in a single dedicated thread, searches the index for the whole batch at once, and hands each
-request its answer. No request ever waits for a timer: while a batch runs, newcomers gather for the next
-one, so batches grow exactly as fast as load does. A small LRU cache keeps the embeddings of repeated queries.
+Requests put their query on a list and wait; a worker drains the list, embeds everything that is waiting
+as one batch in its own thread, searches the index for the whole batch at once, and hands each request its
+answer. No request ever waits for a timer: while a batch runs, newcomers gather for the next one, so batches
+grow exactly as fast as load does. With ``workers=2`` a second batch may run while the first one does (ONNX
+Runtime and torch release the GIL), which on two cores cut the queueing delay and raised throughput by ~40%
+(benchmarks/results/serve.json). A small LRU cache keeps the embeddings of repeated queries.
 
 The worker task lives in whatever event loop the requests come from and ends when the list is empty, so the
 batcher works under uvicorn and under a TestClient that opens a fresh loop per request alike.
@@ -40,11 +42,11 @@ class LRU:
 class BatchRunner:
     """``await runner.submit(item)`` -> ``fn([items...])[i]``, with items of concurrent callers batched."""
 
-    def __init__(self, fn, max_batch: int = 64, name: str = "clipforge-batch"):
-        self.fn, self.max_batch = fn, max_batch
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    def __init__(self, fn, max_batch: int = 64, name: str = "clipforge-batch", workers: int = 1):
+        self.fn, self.max_batch, self.workers = fn, max_batch, max(1, workers)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=name)
         self.pending: list[tuple[object, asyncio.Future]] = []
-        self.task: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
         self.batches = 0
         self.items = 0
 
@@ -52,8 +54,9 @@ class BatchRunner:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.pending.append((item, fut))
-        if self.task is None or self.task.done():
-            self.task = loop.create_task(self._drain())
+        self.tasks = {t for t in self.tasks if not t.done()}
+        if len(self.tasks) < self.workers:
+            self.tasks.add(loop.create_task(self._drain()))
         return await fut
 
     async def _drain(self) -> None:
