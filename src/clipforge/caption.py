@@ -81,7 +81,7 @@ def _side(ds: CaptionDataset, images, idx: np.ndarray, lang: str) -> Side:
     keep = np.arange(len(sub))
     if lang != "en" or "en" in sub.translations:
         local = sub.in_language(lang)
-        keep = np.asarray([i for i, caps in enumerate(sub.translations[lang]) if caps], dtype=np.int64)
+        keep = np.asarray([i for i, caps in enumerate(sub.captions_in(lang)) if caps], dtype=np.int64)
         sub = local
     rows = np.asarray(idx)[keep]
     imgs = images[rows] if isinstance(images, np.ndarray) else [images[i] for i in rows]

@@ -88,7 +88,8 @@ class RunConfig(Strict):
 class CaptionDataConfig(Strict):
     source: str = Field("tux-paint", description="'tux-paint', 'emoji', 'csv:<file>', 'captions:<dir with captions.csv>'")
     valid_source: str | None = Field(None, description="a separate held-out set (e.g. datasets/valid); else fold `fold` is held out")
-    language: str = Field("en", description="caption language: 'en' or a translation the source has ('zh')")
+    language: str = Field("en", description="caption language: 'en', a translation the source has ('zh'), or a mix "
+                                            "('en+zh': every image's captions in both, one batch holds both languages)")
     folds: int = Field(5, ge=2, description="k of the k-fold split (DESIGN.md section 4)")
     fold: int | None = Field(0, ge=0, description="held-out fold; null = train on everything")
     split_seed: int = Field(0, ge=0)

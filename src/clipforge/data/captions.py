@@ -42,15 +42,29 @@ class CaptionDataset:
         return CaptionDataset(self.name, [self.paths[i] for i in idx], [self.captions[i] for i in idx],
                               {k: [v[i] for i in idx] for k, v in self.translations.items()}, self.skipped)
 
+    def captions_in(self, lang: str) -> list[list[str]]:
+        """Each image's captions in ``lang``: 'en' (the default captions), a translation ('zh'), or a mix such as
+        'en+zh' (every listed language, in order, duplicates once), so one image has positives in both."""
+        out: list[list[str]] = [[] for _ in self.paths]
+        for part in lang.split("+"):
+            if part in self.translations:
+                src = self.translations[part]
+            elif part in ("", "default", "en"):
+                src = self.captions
+            else:
+                raise ClipforgeError(f"dataset '{self.name}' has no '{part}' captions; it has: {sorted(self.translations) or 'none'}")
+            for i, caps in enumerate(src):
+                out[i] = out[i] + [c for c in caps if c not in out[i]]
+        return out
+
     def in_language(self, lang: str) -> "CaptionDataset":
-        """The same images with ``lang`` captions as the default; images without one are dropped."""
+        """The same images with ``lang`` captions (or an 'en+zh' mix) as the default; images without one are dropped."""
         if lang in ("", "default", "en") and lang not in self.translations:
             return self
-        if lang not in self.translations:
-            raise ClipforgeError(f"dataset '{self.name}' has no '{lang}' captions; it has: {sorted(self.translations) or 'none'}")
-        keep = [i for i, caps in enumerate(self.translations[lang]) if caps]
+        caps = self.captions_in(lang)
+        keep = [i for i, c in enumerate(caps) if c]
         sub = self.subset(keep)
-        return CaptionDataset(f"{self.name}[{lang}]", sub.paths, sub.translations[lang], sub.translations, self.skipped)
+        return CaptionDataset(f"{self.name}[{lang}]", sub.paths, [caps[i] for i in keep], sub.translations, self.skipped)
 
     def pairs(self) -> tuple[list[str], np.ndarray]:
         """Every caption once, with the index of its image: the unit of training and of text->image retrieval."""

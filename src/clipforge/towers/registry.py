@@ -5,7 +5,8 @@ from ..errors import ClipforgeError
 from .base import Tower
 
 PACKAGED_IMAGE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
-PACKAGED_TEXT = ("all-MiniLM-L6-v2",)
+PACKAGED_TEXT = ("all-MiniLM-L6-v2", "use-m3", "e5-small", "e5-small-query")
+MULTILINGUAL_TEXT = ("use-m3", "e5-small", "e5-small-query")  # frozen numpy/C encoders (towers/multilingual.py)
 
 
 def build_tower(spec: str, modality: str, image_size: int | None = None, invert: bool = False,
@@ -29,6 +30,9 @@ def build_tower(spec: str, modality: str, image_size: int | None = None, invert:
             return ScratchCNNTower(name, image_size=image_size, invert=invert, config=config)
         raise ClipforgeError(f"unknown image tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_IMAGE]}, "
                              "or hf:<hub id or local dir>, scratch:cnn-small")
+    if scheme == "pkg" and name in MULTILINGUAL_TEXT:
+        from .multilingual import build_multilingual
+        return build_multilingual(name)
     if scheme == "pkg" and name in PACKAGED_TEXT:
         from .text import HFTextTower, packaged_minilm
         return HFTextTower(packaged_minilm(), tower_id=spec)
