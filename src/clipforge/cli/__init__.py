@@ -34,6 +34,7 @@ from . import caption  # noqa: E402,F401  (train, eval, bench tux-retrieval)
 from . import leaderboard  # noqa: E402,F401  (bench all, bench leaderboard)
 from . import mnist_report  # noqa: E402,F401  (bench mnist, report)
 from . import use  # noqa: E402,F401  (index, serve, similarity, download)
+from . import bilingual  # noqa: E402,F401  (distill, zeroshot, export, bench tux-retrieval-zh, fashion-zsl-zh)
 
 
 def main():  # pragma: no cover

@@ -60,11 +60,18 @@ class ClassDescriptions:
         return m
 
 
-def from_templates(class_names: list[str], templates: list[str] = DEFAULT_TEMPLATES) -> ClassDescriptions:
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise ConfigError(f"templates must contain '{{}}' where the class name goes; bad: {bad}")
-    return ClassDescriptions(class_names, [[t.format(n) for t in templates] for n in class_names])
+def from_templates(class_names: list[str], templates: list[str] | None = None) -> ClassDescriptions:
+    """Every class name in every template. ``templates=None``: each class gets the prompts of its own language
+    (Chinese names the zh set of data/templates_zh.py, other names DEFAULT_TEMPLATES), so mixed lists work."""
+    if templates is None:
+        from .templates_zh import templates_for
+        per_class = [templates_for(n) for n in class_names]
+    else:
+        bad = [t for t in templates if "{}" not in t]
+        if bad:
+            raise ConfigError(f"templates must contain '{{}}' where the class name goes; bad: {bad}")
+        per_class = [templates] * len(class_names)
+    return ClassDescriptions(class_names, [[t.format(n) for t in ts] for n, ts in zip(class_names, per_class)])
 
 
 def _parse_file(path: Path, class_names: list[str]) -> list[list[str]]:

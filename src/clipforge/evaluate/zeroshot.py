@@ -90,3 +90,21 @@ def best_gamma(scores: np.ndarray, labels: np.ndarray, seen: list[int], unseen: 
     grid = np.linspace(-0.2, 0.5, 71) * float(np.std(scores) * 4 or 1.0)
     hs = [gzsl_metrics(scores, labels, seen, unseen, g)["gzsl_h"] for g in grid]
     return float(grid[int(np.argmax(hs))])
+
+
+def evaluate_zeroshot(model, images, labels: np.ndarray, class_names: list[str], templates: list[str] | None = None,
+                      image_emb: np.ndarray | None = None, batch_size: int = 64) -> dict:
+    """CLIP_benchmark-style zero-shot classification: every class name x every template, embeddings averaged
+    and re-normalised per class; acc1, acc5 and mean per-class recall over all classes.
+
+    ``templates=None`` gives each class the prompts of its own language (data/templates_zh.py), so Chinese
+    class names get Chinese prompts. ``image_emb`` may be passed to reuse image embeddings across languages."""
+    from ..data.descriptions import from_templates
+    zs = ZeroShotClassifier(model, from_templates(list(class_names), templates))
+    emb = model.encode_image(images, batch_size) if image_emb is None else image_emb
+    m = topk_metrics(zs.scores(emb), np.asarray(labels), list(range(len(class_names))))
+    out = {"acc1": m["top1"], "mean_per_class_recall": m["mean_per_class_recall"], "n": int(len(labels)),
+           "n_classes": len(class_names)}
+    if "top5" in m:
+        out["acc5"] = m["top5"]
+    return out

@@ -30,6 +30,9 @@ def build_tower(spec: str, modality: str, image_size: int | None = None, invert:
             return ScratchCNNTower(name, image_size=image_size, invert=invert, config=config)
         raise ClipforgeError(f"unknown image tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_IMAGE]}, "
                              "or hf:<hub id or local dir>, scratch:cnn-small")
+    if scheme == "distill":  # a distilled student (distill.py): base tower + learned projection, from its saved config
+        from ..distill import build_student
+        return build_student(spec, config)
     if scheme == "pkg" and name in MULTILINGUAL_TEXT:
         from .multilingual import build_multilingual
         return build_multilingual(name)

@@ -1,0 +1,132 @@
+"""Bilingual and interop commands: distill (AltCLIP stage 1), zeroshot (class names x templates, en or zh), export
+(sentence-transformers / ONNX), and the bilingual benchmarks tux-retrieval-zh and fashion-zsl-zh.
+
+Stage 2 of distillation is ``clipforge train -c bilingual-train`` (an ``init:`` model, ``data.language: en+zh``)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import ClipforgeError
+from . import app, bench_app, friendly
+from .caption import _config_path
+
+
+@app.command("distill")
+@friendly
+def distill_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (or the packaged name: distill)"),
+                set_: List[str] = typer.Option([], "--set", "-s", help="override a field: section.field=value"),
+                quiet: bool = typer.Option(False, help="no progress bars")):
+    """Distil a multilingual student onto an English model's text tower from parallel en/zh text (AltCLIP stage 1)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .. import distill
+    from ..config import load_config
+    cfg = load_config(_config_path(config), set_, cls=distill.DistillConfig)
+    r = distill.run(cfg, progress=not quiet)
+    a = r["agreement_train"]
+    typer.echo(f"student {r['student']} from {r['n_pairs']} parallel pairs: cos(student(en), teacher) "
+               f"{a['cos_student_en']:.3f}, cos(student({cfg.data.language}), teacher(en)) {a['cos_student_other']:.3f}")
+    typer.echo(f"bilingual model saved to {cfg.out}/model ({r['seconds']:.0f} s); stage 2: clipforge train -c bilingual-train")
+
+
+@app.command("zeroshot")
+@friendly
+def zeroshot_cmd(model: Path = typer.Argument(..., help="a saved clipforge model directory"),
+                 data: str = typer.Option(..., help="cifar10:<dir>, cifar100:<dir> (python-pickle format) or fashion-mnist"),
+                 lang: str = typer.Option("en", help="class names and templates: en, zh, or both"),
+                 labels: Optional[str] = typer.Option(None, help="comma-separated class names to use instead (label order)"),
+                 templates: Optional[str] = typer.Option(None, help="'|'-separated templates with {} (default: the language's set)"),
+                 split: str = typer.Option("test", help="train or test"),
+                 per_class: Optional[int] = typer.Option(None, help="at most N images per class (quick runs)"),
+                 out: Optional[Path] = typer.Option(None, help="write the metrics JSON here")):
+    """Zero-shot classification as CLIP_benchmark runs it: class names x templates, acc1 / acc5 / mean per-class recall."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import time
+
+    from ..bench.env import environment
+    from ..data.cifar import load_zeroshot_source
+    from ..data.templates_zh import class_names_zh, template_set
+    from ..evaluate.zeroshot import evaluate_zeroshot
+    from ..model import DualEncoder
+    langs = ["en", "zh"] if lang == "both" else [lang]
+    if any(lg not in ("en", "zh") for lg in langs):
+        raise ClipforgeError(f"--lang must be en, zh or both, not {lang!r}")
+    t0 = time.time()
+    m = DualEncoder.from_pretrained(model)
+    ds = load_zeroshot_source(data, split).per_class(per_class)
+    emb = m.encode_image(ds.images)
+    result = {"dataset": data, "model": str(model), "task": "zeroshot_classification", "split": split,
+              "n_images": len(ds), "metrics": {}}
+    for lg in langs:
+        if labels:
+            names = [s.strip() for s in labels.split(",") if s.strip()]
+            if len(names) != len(ds.class_names):
+                raise ClipforgeError(f"--labels has {len(names)} names but the data has {len(ds.class_names)} classes")
+        else:
+            names = ds.class_names if lg == "en" else class_names_zh(ds.name)
+        tmpl = [t for t in templates.split("|")] if templates else template_set(lg)
+        r = evaluate_zeroshot(m, None, ds.labels, names, tmpl, image_emb=emb)
+        result["metrics"][lg] = {**r, "class_names": names, "templates": tmpl}
+        typer.echo(f"{lg}: acc1 {r['acc1']:.3f}  acc5 {r.get('acc5', float('nan')):.3f}  "
+                   f"mean per-class recall {r['mean_per_class_recall']:.3f}  ({len(ds)} images, {len(names)} classes)")
+    result["wall_seconds"] = round(time.time() - t0, 1)
+    result["env"] = environment()
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        typer.echo(f"wrote {out}")
+
+
+@app.command("export")
+@friendly
+def export_cmd(model: Path = typer.Argument(..., help="a saved clipforge model directory"),
+               format: str = typer.Option("sentence-transformers", "--format", "-f", help="sentence-transformers (text side) or onnx (both sides)"),
+               out: Path = typer.Option(..., help="output folder")):
+    """Export a model: its text side as a sentence-transformers folder, or both sides as ONNX (checked on ONNX Runtime)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..export import to_onnx, to_sentence_transformers
+    from ..model import DualEncoder
+    m = DualEncoder.from_pretrained(model)
+    if format in ("sentence-transformers", "st"):
+        to_sentence_transformers(m, out)
+        typer.echo(f"wrote {out}: SentenceTransformer('{out}').encode(texts) gives this model's text embeddings")
+    elif format == "onnx":
+        manifest = to_onnx(m, out)
+        d = manifest["max_abs_diff"]
+        typer.echo(f"wrote {out}/image.onnx and {out}/text.onnx (ONNX Runtime vs PyTorch max abs diff: "
+                   f"image {d['image']:.1e}, text {d['text']:.1e})")
+    else:
+        raise ClipforgeError(f"--format must be sentence-transformers or onnx, not {format!r}")
+
+
+@bench_app.command("tux-retrieval-zh")
+@friendly
+def bench_tux_zh(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
+                 set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
+                 methods: str = typer.Option("clipforge,use-m3-mixed,altclip-distill,minilm-english", help="comma-separated methods"),
+                 folds: str = typer.Option("0,1,2,3,4", help="comma-separated folds"),
+                 inner: bool = typer.Option(False, help="validate on a quarter of each fold's TRAINING folds (model selection)")):
+    """Tux Paint 5-fold retrieval with zh_CN captions beside English (MR_en, MR_zh), every method side by side."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..bench.bilingual import run_tux_retrieval_zh
+    path = run_tux_retrieval_zh(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_),
+                                [int(f) for f in folds.split(",") if f.strip()], inner=inner)
+    typer.echo(f"wrote {path}")
+
+
+@bench_app.command("fashion-zsl-zh")
+@friendly
+def bench_fashion_zh(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
+                     set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
+                     methods: str = typer.Option("clipforge,use-m3,minilm-english", help="comma-separated methods"),
+                     splits: str = typer.Option("0,1,2,3,4", help="comma-separated split seeds")):
+    """Fashion-MNIST zero-shot (DESIGN.md splits) with Chinese class names beside English."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..bench.bilingual import run_fashion_zsl_zh
+    path = run_fashion_zsl_zh(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_),
+                              [int(s) for s in splits.split(",") if s.strip()])
+    typer.echo(f"wrote {path}")

@@ -1,0 +1,74 @@
+"""Chinese prompts and class names, so a user can type zero-shot labels in Chinese (AltCLIP / CLIP-Chinese style).
+
+* ``ZH_TEMPLATES``: the Chinese counterpart of ``descriptions.DEFAULT_TEMPLATES`` (same eight prompts,
+  translated; "一张{}的照片。" = "a photo of a {}.").
+* ``template_set("en" | "zh" | "auto")`` and ``templates_for(name)``: with "auto" a class name containing CJK
+  characters gets the zh set, any other name the en set, so a mixed-language label list works (each class
+  uses the prompts of its own language).
+* Chinese class names of Fashion-MNIST, CIFAR-10 and CIFAR-100 in their label order (CIFAR-100: the
+  ``fine_label_names`` order of the python-pickle ``meta`` file).
+"""
+from __future__ import annotations
+
+import re
+
+from ..errors import ConfigError
+
+ZH_TEMPLATES = [
+    "一张{}的照片。",
+    "一张{}的黑白照片。",
+    "一张低分辨率的{}的照片。",
+    "这张{}的照片。",
+    "一张{}的特写照片。",
+    "一张{}的商品照片。",
+    "一幅{}的画。",
+    "一个{}。",
+]
+
+FASHION_MNIST_ZH = ["T恤", "裤子", "套头衫", "连衣裙", "外套", "凉鞋", "衬衫", "运动鞋", "包", "短靴"]
+
+CIFAR10_ZH = ["飞机", "汽车", "鸟", "猫", "鹿", "狗", "青蛙", "马", "船", "卡车"]
+
+CIFAR100_ZH = [
+    "苹果", "水族馆鱼", "婴儿", "熊", "河狸", "床", "蜜蜂", "甲虫", "自行车", "瓶子",
+    "碗", "男孩", "桥", "公共汽车", "蝴蝶", "骆驼", "易拉罐", "城堡", "毛毛虫", "牛",
+    "椅子", "黑猩猩", "时钟", "云", "蟑螂", "沙发", "螃蟹", "鳄鱼", "杯子", "恐龙",
+    "海豚", "大象", "比目鱼", "森林", "狐狸", "女孩", "仓鼠", "房子", "袋鼠", "键盘",
+    "台灯", "割草机", "豹", "狮子", "蜥蜴", "龙虾", "男人", "枫树", "摩托车", "山",
+    "老鼠", "蘑菇", "橡树", "橙子", "兰花", "水獭", "棕榈树", "梨", "皮卡车", "松树",
+    "平原", "盘子", "罂粟花", "豪猪", "负鼠", "兔子", "浣熊", "鳐鱼", "道路", "火箭",
+    "玫瑰", "大海", "海豹", "鲨鱼", "鼩鼱", "臭鼬", "摩天大楼", "蜗牛", "蛇", "蜘蛛",
+    "松鼠", "有轨电车", "向日葵", "甜椒", "桌子", "坦克", "电话", "电视", "老虎", "拖拉机",
+    "火车", "鳟鱼", "郁金香", "乌龟", "衣柜", "鲸鱼", "柳树", "狼", "女人", "蠕虫",
+]
+
+CLASS_NAMES_ZH = {"fashion-mnist": FASHION_MNIST_ZH, "cifar10": CIFAR10_ZH, "cifar100": CIFAR100_ZH}
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def is_chinese(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+def template_set(language: str) -> list[str]:
+    from .descriptions import DEFAULT_TEMPLATES
+    if language == "en":
+        return list(DEFAULT_TEMPLATES)
+    if language == "zh":
+        return list(ZH_TEMPLATES)
+    raise ConfigError(f"template language must be 'en', 'zh' or 'auto', not {language!r}")
+
+
+def templates_for(name: str) -> list[str]:
+    """The prompt set in the language of ``name`` (zh when it has CJK characters)."""
+    return template_set("zh" if is_chinese(name) else "en")
+
+
+def class_names_zh(dataset: str) -> list[str]:
+    if dataset not in CLASS_NAMES_ZH:
+        raise ConfigError(f"no Chinese class names for '{dataset}'; have: {sorted(CLASS_NAMES_ZH)}")
+    return list(CLASS_NAMES_ZH[dataset])
+
+
+__all__ = ["ZH_TEMPLATES", "CLASS_NAMES_ZH", "is_chinese", "template_set", "templates_for", "class_names_zh"]
