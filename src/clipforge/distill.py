@@ -203,9 +203,9 @@ def distill(teacher, en: list[str], other: list[str], student_cfg: StudentConfig
     if not base.is_locked and any(True for _ in base.parameters()):
         base.lock()
     src = (en + other) if english_too else list(other)
-    tgt = (en + en) if english_too else list(en)
     x = torch.from_numpy(embed_texts(base, src, cache))
-    y = torch.from_numpy(embed_texts(teacher.text_tower, tgt, cache))
+    y_en = torch.from_numpy(embed_texts(teacher.text_tower, list(en), cache))  # the teacher embeds each sentence once
+    y = torch.cat([y_en, y_en]) if english_too else y_en
     student = StudentTextTower(base, y.shape[1], student_cfg.kind, student_cfg.hidden, student_cfg.dropout)
     student.feature_cache = cache if cache.root is not None else None
     student.head.fit_normalizer(x)
