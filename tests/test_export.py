@@ -126,3 +126,19 @@ def test_onnx_export_with_a_frozen_multilingual_tower_takes_its_features(tmp_pat
     manifest = to_onnx(model, tmp_path / "onnx")
     assert "text_features" in manifest["text"]["inputs"] and manifest["max_abs_diff"]["text"] < 1e-4
     np.testing.assert_allclose(OnnxDualEncoder(tmp_path / "onnx").encode_text(TEXTS), model.encode_text(TEXTS), atol=1e-4)
+
+
+def test_cli_export(tmp_path, towers):
+    from typer.testing import CliRunner
+
+    from clipforge.cli import app
+    torch.manual_seed(4)
+    DualEncoder(towers[0], build_tower("pkg:use-m3", "text"), HeadConfig(kind="linear", embed_dim=16, text_head=True),
+                tower_opts={"image_size": 64}).save_pretrained(tmp_path / "m")
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "m"), "--format", "onnx", "--out", str(tmp_path / "onnx")])
+    assert r.exit_code == 0 and "max abs diff" in r.output, r.output
+    assert (tmp_path / "onnx" / "image.onnx").is_file() and (tmp_path / "onnx" / "text.onnx").is_file()
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "m"), "--format", "sentence-transformers", "--out", str(tmp_path / "st")])
+    assert r.exit_code == 2 and "not a transformers model" in r.output
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "m"), "--format", "tflite", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--format" in r.output
