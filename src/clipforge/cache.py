@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,9 @@ from tqdm.auto import tqdm
 
 from .data.dataset import ClassDataset, SkipReport
 from .data.images import load_image
-from .towers.base import Tower
+from .fast_embed import MIN_ITEMS, fast_encoder, requested_backend
+from .testhooks import mid_write
+from .towers.base import ImagePreprocess, Tower
 
 FORMAT = 2  # 2: EfficientNet-Lite features before this were computed with the wrong activation
 
@@ -30,7 +34,7 @@ def atomic_save_npz(path: Path, **arrays) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(mid_write(f, "cache-write"), **arrays)  # test hook: may pause part-way (tests/test_crash.py)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -47,11 +51,21 @@ class Embedded:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+STALE_SECONDS = 3600  # a temporary file this old belongs to a writer that died (kill -9, power loss)
+
+
 class EmbeddingCache:
     def __init__(self, root: str | Path | None):
         self.root = Path(root) if root else None
         self.hits = 0
         self.misses = 0
+        if self.root is not None and self.root.is_dir():
+            for tmp in self.root.glob(".tmp-*.npz"):  # half-written entries of crashed runs: never read, now swept
+                try:
+                    if time.time() - tmp.stat().st_mtime > STALE_SECONDS:
+                        tmp.unlink()
+                except OSError:
+                    pass
 
     def key(self, tower: Tower, data_fingerprint: str) -> str:
         blob = json.dumps([FORMAT, tower.fingerprint(), data_fingerprint])
@@ -78,37 +92,89 @@ class EmbeddingCache:
         return emb
 
 
-def _decode_batch(pool: ThreadPoolExecutor, items) -> tuple[list, list[int], list[tuple[str, str]]]:
-    images, ok, bad = [], [], []
-    for i, (img, reason) in enumerate(pool.map(load_image, items)):
-        if img is None:
-            bad.append((str(items[i]), reason))
-        else:
-            images.append(img)
-            ok.append(i)
-    return images, ok, bad
+def _resize_target(tower: Tower) -> int | None:
+    """The square size the tower's ImagePreprocess resizes to, so decoding threads can resize too (same PIL call)."""
+    pre = getattr(tower, "pre", None)
+    return pre.size if isinstance(pre, ImagePreprocess) else None
 
 
-def embed_images(tower: Tower, items, batch_size: int = 64, workers: int = 2, progress: bool = True) -> Embedded:
-    """Embed image files (decoded in a thread pool, failures skipped) or a uint8 array batch."""
+def _decoder(size: int | None):
+    def decode(item):
+        img, reason = load_image(item)
+        if img is None or size is None:
+            return img, reason
+        # exactly what ImagePreprocess does to a PIL image, done here in a worker thread (PIL releases the GIL)
+        return np.asarray(img.resize((size, size))), None
+    return decode
+
+
+def _decoded(pool: ThreadPoolExecutor, decode, items, lookahead: int):
+    """(index, image or None, reason) in input order, decoding up to ``lookahead`` items ahead of the consumer:
+    the next batch decodes while the model runs on this one, and only that window is ever held in memory."""
+    pending: deque = deque()
+    nxt = 0
+    for i in range(len(items)):
+        while nxt < len(items) and len(pending) < lookahead:
+            pending.append(pool.submit(decode, items[nxt]))
+            nxt += 1
+        img, reason = pending.popleft().result()
+        yield i, img, reason
+
+
+def embed_images(tower: Tower, items, batch_size: int = 64, workers: int = 2, progress: bool = True,
+                 backend: str | None = None) -> Embedded:
+    """Embed image files (decoded in a thread pool, failures skipped) or a uint8 array batch.
+
+    Decoding overlaps the model; the model runs on the fastest backend for this machine (fast_embed.py;
+    ``backend`` or CLIPFORGE_EMBED_BACKEND picks one, 'off' the plain ``Tower.encode``). Memory stays bounded
+    by a couple of batches, however many items there are.
+    """
     n = len(items)
-    feats, kept, skipped = [], [], []
+    name = requested_backend(backend)
+    fast = None
+    if name != "off" and (n >= MIN_ITEMS or name != "auto"):
+        fast = fast_encoder(tower, name)
+
+    def forward(batch) -> np.ndarray:
+        if fast is not None:
+            return fast(tower.prepare(batch))
+        return tower.encode(batch, batch_size=batch_size)
+
+    out: np.ndarray | None = None        # (n, dim), filled in place: no list of chunks, no concatenated copy
+    done = 0
+    kept, skipped = [], []
+
+    def put(f: np.ndarray) -> None:
+        nonlocal out, done
+        if out is None:
+            out = np.empty((n, f.shape[1]), np.float32)
+        out[done:done + len(f)] = f
+        done += len(f)
+
     bar = tqdm(total=n, desc=f"embed {tower.tower_id}", unit="img", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    if isinstance(items, np.ndarray):
         for start in range(0, n, batch_size):
             chunk = items[start:start + batch_size]
-            if isinstance(items, np.ndarray):
-                images, ok, bad = chunk, list(range(len(chunk))), []
-            else:
-                images, ok, bad = _decode_batch(pool, chunk)
-            skipped += bad
-            if ok:
-                feats.append(tower.encode(images, batch_size=batch_size))
-                kept += [start + i for i in ok]
+            put(forward(chunk))
+            kept += range(start, start + len(chunk))
             bar.update(len(chunk))
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            images, idx = [], []
+            for i, img, reason in _decoded(pool, _decoder(_resize_target(tower)), items, 2 * batch_size):
+                if img is None:
+                    skipped.append((str(items[i]), reason))
+                else:
+                    images.append(img)
+                    idx.append(i)
+                if len(images) == batch_size or (i == n - 1 and images):
+                    put(forward(images))
+                    kept += idx
+                    images, idx = [], []
+                bar.update(1)
     bar.close()
-    f = np.concatenate(feats) if feats else np.zeros((0, tower.dim), np.float32)
-    return Embedded(f.astype(np.float32), np.asarray(kept, dtype=np.int64), skipped)
+    f = out[:done] if out is not None else np.zeros((0, tower.dim), np.float32)
+    return Embedded(f, np.asarray(kept, dtype=np.int64), skipped)
 
 
 def embed_dataset(tower: Tower, ds: ClassDataset, cache: EmbeddingCache, **kw) -> tuple[np.ndarray, np.ndarray]:

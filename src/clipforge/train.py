@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .testhooks import mid_write, pause_point
+
 
 # Test hook: seconds to sleep after every step, so a crash test can kill -9 a run reliably mid-epoch.
 STEP_DELAY = float(os.environ.get("CLIPFORGE_TEST_STEP_DELAY", "0") or 0)
@@ -58,7 +60,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        torch.save(obj, mid_write(f, "checkpoint-write"))  # test hook: may pause part-way (tests/test_crash.py)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -139,6 +141,7 @@ class Trainer:
         while self.state.epoch < self.epochs:
             self.model.train()
             losses = []
+            t_epoch = time.perf_counter()
             for batch in batches(self.state.epoch):
                 self.opt.zero_grad(set_to_none=True)
                 loss = step_fn(batch)
@@ -157,6 +160,7 @@ class Trainer:
                 self.state.step += 1
                 if STEP_DELAY:
                     time.sleep(STEP_DELAY)
+                pause_point("step")  # test hook (tests/test_crash.py)
                 losses.append(float(loss.detach()))
                 if self.writer and self.state.step % self.log_every == 0:
                     self.writer.add_scalar("train/loss", losses[-1], self.state.step)
@@ -164,7 +168,8 @@ class Trainer:
                         self.writer.add_scalar(f"lr/{g['name']}", g["lr"], self.state.step)
                 if on_step:
                     on_step(self.state.step)
-            record = {"epoch": self.state.epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
+            record = {"epoch": self.state.epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                      "seconds": time.perf_counter() - t_epoch}  # the epoch's steps (data, forward, backward, update)
             self.state.epoch += 1
             if eval_fn is not None:
                 self.model.eval()

@@ -35,6 +35,7 @@ from . import leaderboard  # noqa: E402,F401  (bench all, bench leaderboard)
 from . import mnist_report  # noqa: E402,F401  (bench mnist, report)
 from . import use  # noqa: E402,F401  (index, serve, similarity, download)
 from . import bilingual  # noqa: E402,F401  (distill, zeroshot, export, bench tux-retrieval-zh, fashion-zsl-zh)
+from . import perf  # noqa: E402,F401  (bench embed, bench train-cache)
 
 
 def main():  # pragma: no cover

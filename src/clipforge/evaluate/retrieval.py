@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..testhooks import pause_point
+
 KS = (1, 5, 10)
 
 
@@ -57,6 +59,7 @@ def retrieval_metrics(image_emb, text_emb, text_owner, score: Callable = _dot, k
         raise ValueError(f"text_owner has {len(text_owner)} entries for {len(text_emb)} texts")
     if len(text_owner) and (text_owner.min() < 0 or text_owner.max() >= len(image_emb)):
         raise ValueError("text_owner must index into the images")
+    pause_point("evaluation")  # test hook (tests/test_crash.py)
     r_i2t = ranks_image_to_text(image_emb, text_emb, text_owner, score, chunk)
     r_t2i = ranks_text_to_image(image_emb, text_emb, text_owner, score, chunk)
     has_caption = np.isin(np.arange(len(image_emb)), text_owner)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..cache import EmbeddingCache, embed_images
 from ..data.images import load_image
 from ..errors import ClipforgeError
+from ..testhooks import pause_point
 from . import ann
 from .sources import SourceItem, list_source
 from .store import MetaStore, Record
@@ -357,6 +358,7 @@ class ImageIndex:
             if index is None:
                 index = ann.build(vecs, spec)
             ann.write(index, tmp / VECTORS)
+            pause_point("index-write")  # test hook (tests/test_crash.py): a new version half written, not published
             manifest = {"format": FORMAT, "dim": int(index.d), "count": int(index.ntotal),
                         "ann": {**spec.to_dict(), "requested": requested}, "model": info, "sources": sources,
                         "created": created or time.time(), "updated": time.time()}
