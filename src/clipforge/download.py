@@ -93,10 +93,12 @@ def read_url_list(path: str | Path) -> list[tuple[str, str | None]]:
     p = Path(path)
     if not p.is_file():
         raise ClipforgeError(f"URL list '{p}' does not exist")
+    # Bytes that are not UTF-8 become lone surrogates (surrogateescape) instead of stopping the whole list; such a
+    # URL cannot be fetched as written, so it fails alone, reported as not valid UTF-8.
     if p.suffix.lower() not in (".csv", ".tsv"):
-        return [(ln.strip(), None) for ln in p.read_text(encoding="utf-8").splitlines()
+        return [(ln.strip(), None) for ln in p.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
                 if ln.strip() and not ln.startswith("#")]
-    with p.open(newline="", encoding="utf-8-sig") as f:
+    with p.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
         fields = reader.fieldnames or []
         ucol = next((c for c in fields if c.strip() in URL_COLUMNS), None)
@@ -104,6 +106,15 @@ def read_url_list(path: str | Path) -> list[tuple[str, str | None]]:
         if ucol is None:
             raise ClipforgeError(f"'{p}' needs a 'url' column (and optionally 'caption'); its header is {fields}")
         return [((r.get(ucol) or "").strip(), ((r.get(ccol) or "").strip() or None) if ccol else None) for r in reader]
+
+
+def _not_utf8(text: str | None) -> bool:
+    return bool(text) and any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _readable(text: str | None) -> str | None:
+    """Lone surrogates (bytes that were not UTF-8) -> U+FFFD, so the reports can be written as UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if text else text
 
 
 def _name(url: str, ext: str) -> str:
@@ -221,7 +232,9 @@ def download(urls: str | Path, out: str | Path, settings: DownloadSettings | Non
     images.mkdir(parents=True, exist_ok=True)
     todo, done, first = [], [], {}
     for i, (url, caption) in enumerate(rows):
-        if not url:
+        if _not_utf8(url) or _not_utf8(caption):
+            done.append(Result(i, _readable(url), _readable(caption), reason="row is not valid UTF-8 (re-save the list as UTF-8)"))
+        elif not url:
             done.append(Result(i, url, caption, reason="empty URL"))
         elif url in first:
             done.append(Result(i, url, caption, reason=f"duplicate of row {first[url] + 1}"))

@@ -2,7 +2,7 @@
 
 Where captions come from:
 * a CSV ``filename,caption`` (the seed "Contrastive" layout ``datasets/{train,valid}/images`` +
-  ``captions.csv``), parsed line by line (so captions cannot span lines) so one bad row (bad encoding, empty caption, missing file,
+  ``captions.csv``), parsed line by line (a quoted caption may span lines) so one bad row (bad encoding, empty caption, missing file,
   extra fields) is skipped and reported with its line number instead of failing the whole file;
 * packaged sources in ``tux_paint.py`` and ``emoji.py``.
 
@@ -147,11 +147,40 @@ def load_caption_csv(csv_path: str | Path, images_dir: str | Path | None = None,
     return CaptionDataset(csv_path.stem, paths, captions, skipped=report)
 
 
+MAX_ROW_LINES = 50  # a quoted caption may span lines, up to this many
+
+
+def _open_quote(text: str) -> bool:
+    """Does ``text`` end inside a quoted field (a caption that goes on on the next line)?"""
+    try:
+        for _ in csv.reader(io.StringIO(text), strict=True):
+            pass
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
+
+
 def _rows(lines: list[tuple[int, str]], report: SkipReport, where: str):
-    """csv rows with the line number they start on; a row the csv module cannot parse is reported."""
-    for no, text in lines:
+    """csv rows with the line number they start on; a row the csv module cannot parse is reported.
+
+    A quoted field may span lines (as csv.writer writes a caption with a newline); a quote that is still open
+    after MAX_ROW_LINES lines is reported on its first line, which is skipped, and reading goes on after it.
+    """
+    i = 0
+    while i < len(lines):
+        no, text = lines[i]
+        i += 1
         if not text.strip():
             continue
+        if _open_quote(text):
+            j, joined = i, text
+            while j < len(lines) and j - i < MAX_ROW_LINES and _open_quote(joined):
+                joined += "\n" + lines[j][1]
+                j += 1
+            if _open_quote(joined):
+                report.add(f"{where}:{no}", "a quoted field is never closed (missing '\"'?)")
+                continue
+            text, i = joined, j
         try:
             rows = list(csv.reader(io.StringIO(text)))
         except csv.Error as e:

@@ -75,10 +75,15 @@ def from_templates(class_names: list[str], templates: list[str] | None = None) -
 
 
 def _parse_file(path: Path, class_names: list[str]) -> list[list[str]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"description file '{path}' is not UTF-8 (byte {e.start}: {e.reason}); re-save it as UTF-8") from None
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         try:
-            data = yaml.safe_load(text)
+            # BaseLoader: every key and sentence stays the text it is written as, so classes named 0..9, 'yes' or
+            # 'null' match their entries (safe_load would turn those keys into ints, booleans and None)
+            data = yaml.load(text, Loader=yaml.BaseLoader)
         except yaml.YAMLError as e:
             raise ConfigError(f"description file '{path}' is not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -89,19 +94,26 @@ def _parse_file(path: Path, class_names: list[str]) -> list[list[str]]:
         out = []
         for n in class_names:
             v = data[n]
-            items = [v] if isinstance(v, str) else list(v or [])
-            items = [str(s).strip() for s in items if str(s).strip()]
+            items = [v] if isinstance(v, str) else (v if isinstance(v, list) else None)
+            if items is None or not all(isinstance(s, str) for s in items):
+                raise ConfigError(f"description file '{path}': class '{n}' must have a sentence or a list of sentences")
+            items = [s.strip() for s in items if s.strip()]
             if not items:
                 raise ConfigError(f"description file '{path}': class '{n}' has no sentence")
             out.append(items)
         return out
     # One line per class, in class order (the AwA2-seed layout: class.txt, class_sentence.txt).
     # A line may hold several sentences separated by ' | '.
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # Lines end at \n, \r\n or \r only (str.splitlines would also split inside a sentence at U+2028, U+0085, ...).
+    lines = [ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if ln.strip()]
     if len(lines) != len(class_names):
         raise ConfigError(f"description file '{path}' has {len(lines)} non-empty lines but there are "
                           f"{len(class_names)} classes; write one line per class, in class order")
-    return [[s.strip() for s in ln.split(" | ") if s.strip()] for ln in lines]
+    out = [[s.strip() for s in f" {ln} ".split(" | ") if s.strip()] for ln in lines]
+    empty = [n for n, sents in zip(class_names, out) if not sents]
+    if empty:
+        raise ConfigError(f"description file '{path}': classes {empty} have no sentence (only ' | ' separators)")
+    return out
 
 
 def load_descriptions(class_names: list[str], spec: str = "auto", dataset: str | None = None) -> ClassDescriptions:

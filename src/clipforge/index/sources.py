@@ -35,36 +35,42 @@ def _column(fields: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def _csv_items(path: Path) -> tuple[list[SourceItem], list[tuple[str, str]]]:
-    items, problems, seen = [], [], set()
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        pcol, ccol = _column(fields, PATH_COLUMNS), _column(fields, CAPTION_COLUMNS)
-        if pcol is None:
-            raise ClipforgeError(f"caption CSV '{path}' needs a header with a file column "
-                                 f"({' or '.join(PATH_COLUMNS[:2])}) and optionally 'caption'; got {fields}")
-        for i, row in enumerate(reader, start=2):
-            name = (row.get(pcol) or "").strip()
-            caption = (row.get(ccol) or "").strip() or None if ccol else None
-            where = f"{path.name}:{i}"
-            if not name:
-                problems.append((where, "empty file name"))
-                continue
-            if name.lower().startswith(("http://", "https://")):
-                problems.append((f"{where} {name}", "a URL, not a file: fetch it first with 'clipforge download'"))
-                continue
-            p = Path(name)
-            candidates = [p] if p.is_absolute() else [path.parent / p, path.parent / "images" / p]
-            found = next((c for c in candidates if c.is_file()), None)
-            if found is None:
-                problems.append((f"{where} {name}", "file not found"))
-                continue
-            key = str(found.resolve())
-            if key in seen:
-                problems.append((f"{where} {name}", "file listed twice (first caption kept)"))
-                continue
-            seen.add(key)
-            items.append(SourceItem(key, caption))
+    """Rows of a caption CSV, read like ``load_caption_csv`` reads them: line by line, so a line that is not UTF-8
+    or a quote that never closes is reported on its own line number instead of stopping (or swallowing) the rest."""
+    from ..data.captions import _decode_lines, _rows
+    from ..data.dataset import SkipReport
+    items, seen = [], set()
+    report = SkipReport()
+    lines = _decode_lines(path.read_bytes(), report, path.name)
+    fields = next(csv.reader([lines[0][1]])) if lines else []
+    pcol, ccol = _column(fields, PATH_COLUMNS), _column(fields, CAPTION_COLUMNS)
+    if pcol is None:
+        raise ClipforgeError(f"caption CSV '{path}' needs a header with a file column "
+                             f"({' or '.join(PATH_COLUMNS[:2])}) and optionally 'caption'; got {fields}")
+    pi, ci = fields.index(pcol), fields.index(ccol) if ccol else None
+    problems = report.items  # decoding and parsing problems land here, in line order with the rows' own
+    for i, row in _rows(lines[1:], report, path.name):
+        name = row[pi].strip() if pi < len(row) else ""
+        caption = (" ".join(row[ci].split()) or None) if ci is not None and ci < len(row) else None
+        where = f"{path.name}:{i}"
+        if not name:
+            problems.append((where, "empty file name"))
+            continue
+        if name.lower().startswith(("http://", "https://")):
+            problems.append((f"{where} {name}", "a URL, not a file: fetch it first with 'clipforge download'"))
+            continue
+        p = Path(name)
+        candidates = [p] if p.is_absolute() else [path.parent / p, path.parent / "images" / p]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            problems.append((f"{where} {name}", "file not found"))
+            continue
+        key = str(found.resolve())
+        if key in seen:
+            problems.append((f"{where} {name}", "file listed twice (first caption kept)"))
+            continue
+        seen.add(key)
+        items.append(SourceItem(key, caption))
     return items, problems
 
 
