@@ -156,6 +156,7 @@ def run_tux_retrieval_zh(out: str | Path, methods: list[str], overrides: list[st
     towers: dict = {}
     rows = []
     suite = "tux-retrieval-zh-inner" if inner else "tux-retrieval-zh"
+    path = out / f"{suite}.json"
     with tempfile.TemporaryDirectory(prefix="clipforge-bench-") as scratch:
         for method in methods:
             per_fold = []
@@ -182,6 +183,11 @@ def run_tux_retrieval_zh(out: str | Path, methods: list[str], overrides: list[st
                          "overrides": method_spec(method)["overrides"], "distill": method_spec(method).get("distill"),
                          "metrics": mean, "std": {kk: float(np.std([f[kk] for f in per_fold])) for kk in keys},
                          "per_fold": per_fold})
+            path = _write_tux_zh(out, suite, base_cfg, fold_ids, k, seed, inner, rows, t0)  # every finished method is kept
+    return path
+
+
+def _write_tux_zh(out: Path, suite: str, base_cfg, fold_ids, k: int, seed: int, inner: bool, rows: list, t0: float) -> Path:
     result = {"suite": suite, "dataset": base_cfg.data.source, "task": "zeroshot_retrieval", "languages": ["en", "zh"],
               "model": f"{base_cfg.towers.image} + <text tower per method>",
               "protocol": {"folds": list(fold_ids), "k": k, "split_seed": seed, "inner_validation": inner,
