@@ -140,6 +140,12 @@ def embed_images(tower: Tower, items, batch_size: int = 64, workers: int = 2, pr
             return fast(tower.prepare(batch))
         return tower.encode(batch, batch_size=batch_size)
 
+    def prepare(chunk):  # array batches: the next one is prepared in a thread while this one runs
+        return tower.prepare(chunk) if fast is not None else chunk
+
+    def run(prepared) -> np.ndarray:
+        return fast(prepared) if fast is not None else tower.encode(prepared, batch_size=batch_size)
+
     out: np.ndarray | None = None        # (n, dim), filled in place: no list of chunks, no concatenated copy
     done = 0
     kept, skipped = [], []
@@ -153,11 +159,16 @@ def embed_images(tower: Tower, items, batch_size: int = 64, workers: int = 2, pr
 
     bar = tqdm(total=n, desc=f"embed {tower.tower_id}", unit="img", disable=not progress, leave=False)
     if isinstance(items, np.ndarray):
-        for start in range(0, n, batch_size):
-            chunk = items[start:start + batch_size]
-            put(forward(chunk))
-            kept += range(start, start + len(chunk))
-            bar.update(len(chunk))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(prepare, items[:batch_size]) if n else None
+            for start in range(0, n, batch_size):
+                current = ahead.result()
+                if start + batch_size < n:
+                    ahead = pool.submit(prepare, items[start + batch_size:start + 2 * batch_size])
+                put(run(current))
+                m = min(batch_size, n - start)
+                kept += range(start, start + m)
+                bar.update(m)
     else:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             images, idx = [], []

@@ -5,8 +5,9 @@ What makes it fast, in the order it matters on a small CPU:
 
 * ONNX Runtime (``onnx``): the tower exported once (``torch.onnx.export``, cached on disk by weights hash) and
   run in C++ with its graph optimisations (BatchNorm folded, depthwise kernels, NCHWc layouts). On the 2-core
-  machine this is ~8x eager PyTorch for EfficientNet-Lite0. Its threads do not spin, so decoding threads get
-  the cores while a batch waits.
+  machine this is ~4-8x eager PyTorch for EfficientNet-Lite0. Its threads do not spin, so decoding threads get
+  the cores while a batch waits. ``onnx-parallel`` runs a one-thread session on several micro-batches at once
+  instead of one run on several threads (no per-operator synchronisation).
 * ``fused``: the tower traced with torch.fx, every eval-mode BatchNorm that follows a convolution folded into
   the convolution's weights, channels_last, run under ``torch.inference_mode``.
 * ``eager``: the tower's own forward, channels_last, ``inference_mode`` (the fallback that always works).
@@ -14,7 +15,7 @@ What makes it fast, in the order it matters on a small CPU:
 ``auto`` builds each candidate that works for this tower, checks it against the eager output, times a few
 batches at the tower's input size and keeps the fastest; the choice is saved (per machine, library versions,
 tower architecture and input size) in ``$CLIPFORGE_FAST_CACHE/choices.json`` so later runs skip the timing.
-``CLIPFORGE_EMBED_BACKEND`` (``auto``, ``onnx``, ``fused``, ``eager``, ``off``) overrides it; ``off`` gives the
+``CLIPFORGE_EMBED_BACKEND`` (``auto``, ``onnx-parallel``, ``onnx``, ``fused``, ``eager``, ``off``) overrides it; ``off`` gives the
 plain ``Tower.encode`` path.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import tempfile
 import time
 import warnings
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +42,10 @@ from torch import nn
 
 log = logging.getLogger("clipforge.fast_embed")
 
-BACKENDS = ("onnx", "fused", "eager")
+BACKENDS = ("onnx-parallel", "onnx", "fused", "eager")
 MIN_ITEMS = 64          # fewer images than this: the plain path (setting up a backend costs more than it saves)
 TUNE_ITEMS = 32         # images per timed run when choosing a backend
+CHOICE_VERSION = 2     # bump when the candidates change, so saved choices are timed again
 TOLERANCE = 1e-3        # a backend must match eager to this (relative to the largest feature) to be used
 
 
@@ -164,10 +167,14 @@ class _Torch:
 
 
 class _Onnx:
-    def __init__(self, path: Path, micro_batch: int, threads: int):
+    """An ONNX Runtime session. ``parallel=False``: one run at a time on ``threads`` intra-op threads.
+    ``parallel=True``: a one-thread session run on ``threads`` micro-batches at once (ORT sessions are thread-safe):
+    no intra-op synchronisation per operator, which on a few cores is faster than one multi-threaded run."""
+
+    def __init__(self, path: Path, micro_batch: int, threads: int, parallel: bool = False):
         import onnxruntime as ort
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
+        opts.intra_op_num_threads = 1 if parallel else max(1, threads)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads would burn the cores that the decoding threads need between batches.
@@ -176,11 +183,16 @@ class _Onnx:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.micro_batch = micro_batch
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clipforge-ort") \
+            if parallel and threads > 1 else None
+
+    def _run(self, a: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: a})[0]
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         a = x.contiguous().numpy().astype(np.float32, copy=False)
-        out = [self.session.run(None, {self.input: a[s:s + self.micro_batch]})[0]
-               for s in range(0, len(a), self.micro_batch)]
+        chunks = [a[s:s + self.micro_batch] for s in range(0, len(a), self.micro_batch)]
+        out = list(self.pool.map(self._run, chunks)) if self.pool and len(chunks) > 1 else [self._run(c) for c in chunks]
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
@@ -237,12 +249,12 @@ def _build(tower, name: str, micro_batch: int, example: torch.Tensor, digest: st
         gm, n = fold_batchnorm(tower)
         log.debug("folded %d BatchNorms of %s", n, tower.tower_id)
         return _Torch(gm.to(memory_format=torch.channels_last), micro_batch)
-    if name == "onnx":
+    if name in ("onnx", "onnx-parallel"):
         import onnxruntime  # noqa: F401 - fail early when it is not installed
         path = cache_dir() / f"image-{digest}-{tuple(example.shape[1:])}.onnx".replace(" ", "")
         if not path.is_file():
             export_onnx(tower, example[:2], path)
-        return _Onnx(path, micro_batch, threads)
+        return _Onnx(path, micro_batch, threads, parallel=name == "onnx-parallel")
     raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
 
 
@@ -311,7 +323,7 @@ def _choose(tower, name: str, example: torch.Tensor, digest: str, threads: int) 
     tower.eval()
     try:
         arch = hashlib.sha256(repr(tower).encode()).hexdigest()[:16]
-        choice_key = json.dumps([machine_key(), tower.tower_id, arch, list(example.shape[1:]), threads])
+        choice_key = json.dumps([CHOICE_VERSION, machine_key(), tower.tower_id, arch, list(example.shape[1:]), threads])
         if name != "auto":
             run = _build(tower, name, 32, example, digest, threads)
             return FastImageEncoder(name, 32, threads, run)
@@ -334,7 +346,7 @@ def _tune(tower, example: torch.Tensor, digest: str, threads: int, choice_key: s
     ref = eager(x[:4])
     scale = max(1.0, float(np.abs(ref).max()))
     timings, runs = {}, {}
-    candidates = [("onnx", 8), ("onnx", 32), ("fused", 32), ("eager", 32)]
+    candidates = [("onnx-parallel", 4), ("onnx-parallel", 16), ("onnx", 8), ("onnx", 32), ("fused", 8), ("eager", 8)]
     for backend, mb in candidates:
         label = f"{backend}/{mb}"
         try:
