@@ -76,7 +76,26 @@ def test_tux_paint_source_skips_mirrors_and_uncaptioned():
     assert all(len(c) == 1 and c[0] for c in ds.captions)
     zh = ds.in_language("zh")
     assert 600 < len(zh) < 785 and all(c for c in zh.captions)
-    assert any("no caption file" in r for _, r in ds.skipped.items)
+
+
+def test_tux_paint_layout_skips_mirrors_and_reports_uncaptioned_stamps(tmp_path):
+    """A stamps tree built here: the packaged one may or may not hold uncaptioned PNGs, depending on the release."""
+    from PIL import Image
+    d = tmp_path / "stamps" / "animals"
+    d.mkdir(parents=True)
+    for name in ("frog", "frog_mirror", "cat", "dog", "owl"):
+        Image.new("RGBA", (8, 8), (0, 128, 0, 255)).save(d / f"{name}.png")
+    (d / "frog.txt").write_text("A frog.\nzh_CN.utf8=青蛙。\n", encoding="utf-8")
+    (d / "frog_mirror.txt").write_text("A frog.\n", encoding="utf-8")
+    (d / "dog.txt").write_bytes("A dog, caf\xe9.\n".encode("latin-1"))
+    (d / "owl.txt").write_text("zh_CN.utf8=猫头鹰。\n", encoding="utf-8")
+    ds = load_tux_paint(tmp_path / "stamps")
+    assert [p.name for p in ds.paths] == ["frog.png"] and ds.captions == [["A frog."]]
+    assert ds.in_language("zh").captions == [["青蛙。"]]
+    reasons = {k.rsplit("/", 1)[-1]: v for k, v in ds.skipped.items}
+    assert set(reasons) == {"cat.png", "dog.txt", "owl.txt"}
+    assert "no caption file" in reasons["cat.png"] and "UTF-8" in reasons["dog.txt"]
+    assert "no English caption" in reasons["owl.txt"]
 
 
 def _tgz(path, files: dict):

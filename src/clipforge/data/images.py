@@ -38,6 +38,10 @@ def load_image(source, min_side: int = 1) -> tuple[Image.Image | None, str | Non
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
+                # The warnings filter above is process-wide, not per thread: when decoding runs in a thread
+                # pool another thread can reset it mid-call, so the size is also checked here, from the header.
+                if img.width * img.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{img.width}x{img.height}")
                 if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
                 img.load()
