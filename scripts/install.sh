@@ -18,6 +18,8 @@ if [ "$extras" = test ] && ! command -v chromium >/dev/null; then want+=(chromiu
 #   wrk                     -> /usr/bin/wrk                           (load generator of `clipforge bench serve`)
 if [ "$extras" = test ] && ! command -v chromedriver >/dev/null; then want+=(chromium-driver); fi
 if [ "$extras" = test ] && ! command -v wrk >/dev/null; then want+=(wrk); fi
+#   fonts-wqy-zenhei        -> a CJK font, so the browser test's screenshots show Chinese queries and labels
+if [ "$extras" = test ] && [ ! -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ]; then want+=(fonts-wqy-zenhei); fi
 if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}") \

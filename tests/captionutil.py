@@ -36,3 +36,19 @@ def make_caption_set(root, copies: int = 2):
                 n += 1
     (root / "captions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return root / "captions.csv"
+
+
+ZH_COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色"}
+ZH_SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
+
+
+def make_stamp_folder(root, copies: int = 2):
+    """A tiny stamp tree in the Tux Paint layout: <name>.png + <name>.txt (English line, then zh_CN.utf8=...).
+    Returns the folder to pass as ``tux-paint:<folder>`` (18 stamps with the defaults)."""
+    shapes = root / "stamps" / "shapes"
+    shapes.mkdir(parents=True)
+    for i, (c, s) in enumerate((c, s) for c in ZH_COLOURS for s in ZH_SHAPES for _ in range(copies)):
+        draw(s, c, i).save(shapes / f"{c}_{s}_{i}.png")
+        (shapes / f"{c}_{s}_{i}.txt").write_text(f"A {c} {s}.\nzh_CN.utf8=一个{ZH_COLOURS[c]}的{ZH_SHAPES[s]}。\n",
+                                                 encoding="utf-8")
+    return root / "stamps"

@@ -6,7 +6,7 @@ import numpy as np
 from clipforge.baselines import ConSE, make
 from clipforge.bench.leaderboard import write_leaderboard
 from clipforge.evaluate.retrieval import retrieval_metrics
-from clipforge.evaluate.transductive import rectify
+from clipforge.evaluate.transductive import cluster_and_match
 
 
 def _paired(n=200, di=48, dt=16, noise=0.05, seed=0):
@@ -45,7 +45,19 @@ def test_transductive_rectification_fixes_noisy_zero_shot_labels_on_clustered_im
     x = centres[y] + rng.randn(300, 32)
     scores = np.eye(3)[y] * 0.3 + rng.rand(300, 3)                 # a weak zero-shot classifier
     assert (scores.argmax(1) == y).mean() < 0.8
-    assert (rectify(x, scores) == y).mean() > 0.97
+    assert (cluster_and_match(x, scores, scale=10.0) == y).mean() > 0.97
+
+
+def test_transductive_matching_is_one_to_one_when_a_hub_class_wins_every_argmax():
+    """Zero-shot scores that call every image class 1 (a hub) but rank each image's own class slightly higher
+    than the others do on average: argmax is 1/3 right, clusters + one-to-one matching recover the classes."""
+    rng = np.random.RandomState(1)
+    centres = rng.randn(3, 32) * 4
+    y = np.repeat(np.arange(3), 100)
+    x = centres[y] + rng.randn(300, 32)
+    scores = 0.5 * np.eye(3)[1][None].repeat(300, 0) + 0.15 * np.eye(3)[y] + 0.1 * rng.rand(300, 3)
+    assert (scores.argmax(1) == 1).all()
+    assert (cluster_and_match(x, scores, scale=10.0) == y).mean() > 0.97
 
 
 def test_leaderboard_ranks_methods_bolds_the_best_and_labels_settings(tmp_path):
@@ -57,6 +69,13 @@ def test_leaderboard_ranks_methods_bolds_the_best_and_labels_settings(tmp_path):
     (tmp_path / "fashion-zsl.json").write_text(json.dumps(data))
     md = write_leaderboard(tmp_path).read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and "method" not in line]
-    assert [r.split("|")[2].strip() for r in rows] == ["clipforge-transductive", "clipforge", "asif"]
-    assert "**0.800**" in md and "**0.950**" in md and "transductive" in rows[0]
+    # inductive rows ranked first; the transductive row comes after them, unranked and never bold
+    assert [r.split("|")[2].strip() for r in rows] == ["clipforge", "asif", "clipforge-transductive"]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "2", "–"]
+    assert "**0.600**" in md and "**0.950**" in md and "0.800" in rows[2] and "**0.800**" not in md
+    assert "transductive" in rows[2]
     assert "tux-retrieval.json is missing" in md
+    (tmp_path / "tux-retrieval.json").write_text(json.dumps({"suite": "tux-retrieval", "results": [
+        {"method": "clipforge", "metrics": {"MR": 0.6}}]}))
+    md = write_leaderboard(tmp_path).read_text()
+    assert "Not in this suite: `linear-probe` (retrieval has no classes" in md

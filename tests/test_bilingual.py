@@ -297,22 +297,18 @@ def test_cli_distill_then_stage_two_train(tmp_path, teacher, monkeypatch):
 
 def test_bench_tux_retrieval_zh_writes_both_languages_with_the_default_first(tmp_path):
     """The benchmark end to end on a tiny stamp folder in the Tux Paint layout (<name>.png + <name>.txt with zh_CN)."""
-    from captionutil import draw
+    from captionutil import make_stamp_folder
     from clipforge.bench.bilingual import run_tux_retrieval_zh
-    root = tmp_path / "stamps" / "shapes"
-    root.mkdir(parents=True)
-    zh_col = {"red": "红色", "green": "绿色", "blue": "蓝色"}
-    zh_shape = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
-    for i, (c, s) in enumerate((c, s) for c in zh_col for s in zh_shape for _ in range(2)):
-        draw(s, c, i).save(root / f"{c}_{s}_{i}.png")
-        (root / f"{c}_{s}_{i}.txt").write_text(f"A {c} {s}.\nzh_CN.utf8=一个{zh_col[c]}的{zh_shape[s]}。\n", encoding="utf-8")
-    path = run_tux_retrieval_zh(tmp_path / "out", ["clipforge", "minilm-english"],
-                                [f"data.source=tux-paint:{tmp_path / 'stamps'}", "towers.image_size=64", "train.epochs=3",
+    stamps = make_stamp_folder(tmp_path)
+    path = run_tux_retrieval_zh(tmp_path / "out", ["clipforge", "minilm-english", "seed-pair-siamese", "asif"],
+                                [f"data.source=tux-paint:{stamps}", "towers.image_size=64", "train.epochs=3",
                                  "train.ensemble=1", "bridge.alpha=0", f"cache_dir={tmp_path / 'cache'}"], fold_ids=[0])
     res = json.loads(path.read_text())
-    assert [r["method"] for r in res["results"]] == ["clipforge", "minilm-english"]
-    m = res["results"][0]["metrics"]
-    for lang in ("en", "zh"):
-        assert {f"{d}_R@{k}_{lang}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)} | {f"MR_{lang}"} <= set(m)
+    assert [r["method"] for r in res["results"]] == ["clipforge", "minilm-english", "seed-pair-siamese", "asif"]
+    for row in res["results"]:                     # trained methods and a closed-form baseline alike
+        m = row["metrics"]
+        for lang in ("en", "zh"):
+            assert {f"{d}_R@{k}_{lang}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)} | {f"MR_{lang}"} <= set(m)
+            assert 0.0 <= m[f"MR_{lang}"] <= 1.0
     fold = res["results"][0]["per_fold"][0]
     assert fold["n_texts_en"] == fold["n_texts_zh"] == len(folds(18, 5, 0)[0])

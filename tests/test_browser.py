@@ -46,7 +46,8 @@ def site(tmp_path_factory):
             for i in range(5):
                 shutil.copy(shapes / shape / f"{i}.png", root / "set" / "images" / f"{shape}-{i}.png")
                 w.writerow([f"{shape}-{i}.png", f"{shape} number {i}"])
-    ImageIndex.build(root / "set" / "captions.csv", useutil.trained_model_dir(), root / "index", progress=False)
+    # The multilingual text tower, so the page's English and Chinese queries both have right answers to check.
+    ImageIndex.build(root / "set" / "captions.csv", useutil.bilingual_model_dir(), root / "index", progress=False)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(root / "index", ServeSettings()), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -110,11 +111,14 @@ def test_search_by_text_and_image_and_classify_in_the_page(site, browser, tmp_pa
     wait.until(_thumbnails_loaded)
     text_shot = _shot(browser, tmp_path, "browser-text-search.png")
 
-    # A Chinese query goes through the same path and shows results.
+    # A Chinese query ("a circle") goes through the same path and finds the same circles.
     box.clear()
-    box.send_keys("红色的三角形", Keys.ENTER)
-    wait.until(lambda d: "results for “红色的三角形”" in d.find_element(By.ID, "status").text)
-    assert len(_results(browser)) == 20
+    box.send_keys("一个圆形", Keys.ENTER)
+    wait.until(lambda d: "results for “一个圆形”" in d.find_element(By.ID, "status").text)
+    res = _results(browser)
+    assert len(res) == 20 and all(cap.startswith("circle") for cap, _ in res[:5]), res[:6]
+    wait.until(_thumbnails_loaded)
+    _shot(browser, tmp_path, "browser-chinese-search.png")
 
     # Image search + zero-shot labels: upload a triangle from outside the index (same file content as triangle-3).
     labels = browser.find_element(By.ID, "labels")
@@ -135,6 +139,14 @@ def test_search_by_text_and_image_and_classify_in_the_page(site, browser, tmp_pa
     assert browser.find_element(By.ID, "preview").get_attribute("src").startswith("blob:")
     wait.until(_thumbnails_loaded)
     image_shot = _shot(browser, tmp_path, "browser-image-search.png")
+
+    # The same upload against Chinese labels.
+    labels.clear()
+    labels.send_keys("圆形，正方形，三角形，直线")
+    browser.find_element(By.ID, "classify-btn").click()
+    wait.until(lambda d: [b.get_attribute("data-label") for b in d.find_elements(By.CSS_SELECTOR, "#bars .bar")][:1] == ["三角形"])
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 4
+    _shot(browser, tmp_path, "browser-chinese-labels.png")
 
     # A non-image upload shows the server's message, not a broken page.
     bad = root / "notes.png"

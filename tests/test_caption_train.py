@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -121,3 +122,22 @@ def test_killed_mid_epoch_resumes_and_finishes_like_an_uninterrupted_run(tmp_pat
     assert len(a["history"]) == len(b["history"]) == 8
     assert a["history"][-1]["loss"] == pytest.approx(b["history"][-1]["loss"], abs=1e-6)
     assert a["metrics"]["MR"] == pytest.approx(b["metrics"]["MR"])
+
+
+def test_bench_tux_retrieval_runs_every_method_with_the_default_first(tmp_path):
+    """The benchmark end to end on a tiny stamp folder: trained methods (clipforge, both seeds) and closed-form
+    baselines side by side, the six recalls and MR named by direction, per fold and mean."""
+    from captionutil import make_stamp_folder
+    from clipforge.bench.tux_retrieval import run_tux_retrieval
+    stamps = make_stamp_folder(tmp_path)
+    methods = ["clipforge", "seed-contrastive", "seed-pair-siamese", "conse", "procrustes", "least-squares", "asif"]
+    path = run_tux_retrieval(tmp_path / "out", methods, [f"data.source=tux-paint:{stamps}", "towers.image_size=64",
+                             "train.epochs=3", "train.ensemble=1", f"cache_dir={tmp_path / 'cache'}"], fold_ids=[0, 1])
+    res = json.loads(path.read_text())
+    assert [r["method"] for r in res["results"]] == methods
+    keys = {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)} | {"MR"}
+    for row in res["results"]:
+        assert keys <= set(row["metrics"]) and len(row["per_fold"]) == 2
+        assert abs(row["metrics"]["MR"] - np.mean([f["MR"] for f in row["per_fold"]])) < 1e-12
+    seed_pair = res["results"][2]["overrides"]
+    assert "loss.kind=pair" in seed_pair and "head.similarity=siamese" in seed_pair

@@ -89,3 +89,31 @@ def test_ensemble_output_is_mean_of_member_scores():
     assert torch.equal(avg.argmax(1), ens_scores.argmax(1))
     ratio = ens_scores / avg
     assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-5)
+
+
+def test_batch_clip_objective_counts_same_class_captions_as_positives():
+    """The seed "Contrastive" on class data: a caption per image from its class; same-class pairs are positives."""
+    from clipforge.config import HeadConfig, LossConfig
+    from clipforge.model import DualEncoder
+    from clipforge.objectives import ClassBatchData, make_step
+    from objutil import FeatTower
+    torch.manual_seed(0)
+    model = DualEncoder(FeatTower(10, "image"), FeatTower(6, "text"),
+                        HeadConfig(embed_dim=6, init_temperature=0.07, learn_temperature=False, init_bias=None), ensemble=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    M = torch.eye(3).repeat_interleave(2, dim=1)                 # two sentences per class
+    data = ClassBatchData(torch.randn(6, 10), labels, torch.randn(6, 6), M, [0, 1, 2])
+    idx = torch.arange(6)
+    z = model.image_head.members_forward(data.image_feats)[0]
+    pos = (labels[:, None] == labels[None, :]).float()
+    for reduction, factor in (("mean", 1.0), ("sum", 2.0)):
+        step = make_step(model, data, LossConfig(kind="batch-clip", reduction=reduction))
+        torch.manual_seed(5)
+        loss = step(idx)
+        torch.manual_seed(5)
+        caption = torch.multinomial(M[labels], 1).squeeze(1)
+        assert all(M[labels[i], caption[i]] == 1 for i in range(6))   # each caption is of the image's class
+        logits = model.similarity(z, model.embed_text_features(data.text_feats)[caption])
+        assert torch.allclose(loss, factor * clip_loss(logits, pos), atol=1e-6)
+        assert len(set(caption.tolist())) == 6                        # distinct captions: arange targets differ
+        assert not torch.allclose(loss, factor * clip_loss(logits), atol=1e-3)

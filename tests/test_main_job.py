@@ -85,3 +85,12 @@ def test_cli_align_prints_table(tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "unseen top-1" in r.output and "GZSL" in r.output
+
+
+def test_default_image_size_is_the_towers_native_one_and_is_recorded(tmp_path):
+    folder = make_folder(tmp_path / "shapes", per_class=3)
+    cfg = load_config(None, [f"data.source=folder:{folder}", "data.unseen=[line]", "data.descriptions=templates",
+                             f"cache_dir={tmp_path / 'cache'}"])
+    assert cfg.towers.image_size is None
+    p = align.prepare(cfg, progress=False)
+    assert p.image_tower.pre.size == 224 and p.tower_opts["image_size"] == 224      # EfficientNet-Lite0's own size

@@ -87,3 +87,33 @@ def test_unlocked_towers_get_gradients_and_bf16_autocast_runs():
     assert torch.isfinite(loss)
     assert model.image_tower.lin.weight.grad is not None and model.image_tower.lin.weight.grad.abs().sum() > 0
     assert model.text_tower.lin.weight.grad is None  # still locked
+
+
+def test_pair_objective_scores_each_image_with_its_caption_and_one_wrong_one():
+    """The seed Pretrained_Model_Alignment on captions: L1 of (own caption -> +1) and (another image's caption -> -1)."""
+    from clipforge.config import HeadConfig
+    from clipforge.model import DualEncoder
+    from objutil import FeatTower
+    torch.manual_seed(0)
+    cfg = HeadConfig(kind="linear", embed_dim=6, text_head=True, similarity="siamese", siamese_hidden=8)
+    model = DualEncoder(FeatTower(10, "image"), FeatTower(6, "text"), cfg, ensemble=1)
+    obj = ContrastiveObjective(model, kind="pair")
+    b = _batch(n=12)
+    torch.manual_seed(3)
+    loss = obj(b)
+    # the same draw by hand: the wrong caption of image i comes from a different image id
+    img = model.image_head.members_forward(b.images)[0]
+    txt = model.embed_text_features(b.texts, with_bridge=False)
+    positives = (b.owners[:, None] == b.owners[None, :]).float()
+    torch.manual_seed(3)
+    neg = torch.multinomial(1 - positives, 1).squeeze(1)
+    assert (b.owners[neg] != b.owners).all()
+    s_pos, s_neg = model.similarity.pair(img, txt), model.similarity.pair(img, txt[neg])
+    expected = 0.5 * ((s_pos - 1).abs().mean() + (s_neg + 1).abs().mean())
+    assert torch.allclose(loss, expected, atol=1e-6)
+    loss.backward()
+    assert model.similarity.score[0].weight.grad.abs().sum() > 0
+    # a batch of one image id has no wrong caption: a clear error, not a silent NaN
+    import pytest
+    with pytest.raises(ValueError, match="two different images"):
+        obj(CaptionBatch(b.images[:2], b.texts[:2], torch.tensor([0, 0])))

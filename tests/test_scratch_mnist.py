@@ -181,7 +181,7 @@ def test_scratch_clip_learns_small_digits_and_logs_heatmaps(digits, tmp_path):
 def test_bench_mnist_smoke_writes_protocol_json(tmp_path):
     from clipforge.cli import app
     res = CliRunner().invoke(app, ["bench", "mnist", "--smoke", "--epochs", "2", "--out", str(tmp_path / "out"),
-                                   "--logs", str(tmp_path / "logs")])
+                                   "--logs", str(tmp_path / "logs"), "--methods", "clipforge,scratch-cnn+frozen-minilm"])
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "out" / "mnist.json").read_text())
     assert d["suite"] == "mnist" and d["task"] == "zeroshot_classification"
@@ -206,3 +206,19 @@ def test_bench_mnist_smoke_writes_protocol_json(tmp_path):
     with pytest.raises(ClipforgeError, match="unknown MNIST method"):
         from clipforge.bench.mnist import run_mnist
         run_mnist(tmp_path / "x", ["nope"])
+
+
+def test_bench_mnist_pretrained_rows_classify_digits_by_prompts(tmp_path):
+    """The frozen-pretrained-tower rows (sklearn's 8x8 digits in smoke mode): every method scores the ten digits
+    by their prompt ensembles; trained rows beat chance by far, ConSE is training-free, the probe is supervised."""
+    from clipforge.bench.mnist import run_mnist
+    rows = ["pretrained-clipforge", "seed-contrastive", "conse", "asif", "linear-probe"]
+    d = json.loads(run_mnist(tmp_path / "out", rows, logs=None, smoke=True, cache_dir=str(tmp_path / "cache")).read_text())
+    got = {r["method"]: r for r in d["results"]}
+    assert list(got) == rows
+    for name in ("pretrained-clipforge", "seed-contrastive", "asif", "linear-probe"):
+        assert got[name]["metrics"]["top1"] > 0.6, (name, got[name]["metrics"])
+    assert 0.0 <= got["conse"]["metrics"]["top1"] <= 1.0 and "training-free" in got["conse"]["note"]
+    assert got["pretrained-clipforge"]["image_tower"] == "pkg:efficientnet-lite0"
+    conf = np.array(got["pretrained-clipforge"]["confusion"]["matrix"])
+    assert conf.shape == (10, 10) and conf.sum() == d["protocol"]["n_test"]

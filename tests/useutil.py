@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "line")
+ZH_SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "line": "直线"}
 _CACHE: dict = {}
 # The web service exports its text tower to ONNX once per tower; keep that export out of the user's home.
 os.environ.setdefault("CLIPFORGE_ONNX_CACHE", tempfile.mkdtemp(prefix="clipforge-onnx-"))
@@ -44,7 +45,8 @@ def make_shapes(root: Path, per_class: int = 12, seed: int = 0) -> Path:
     return root
 
 
-def fit_model(folder: Path, image_size: int = 64, ridge: float = 1.0):
+def fit_model(folder: Path, image_size: int = 64, ridge: float = 1.0, text: str = "pkg:all-MiniLM-L6-v2",
+              zh_names: dict | None = None):
     """A DualEncoder on the packaged towers whose linear image head is fitted in closed form (ridge regression
     of each image's tower features onto its class's template-averaged text embedding): deterministic, seconds
     to make, and it does not depend on the training loop that other tests cover."""
@@ -55,13 +57,19 @@ def fit_model(folder: Path, image_size: int = 64, ridge: float = 1.0):
     from clipforge.model import DualEncoder
     from clipforge.towers import build_tower
     image_tower = build_tower("pkg:efficientnet-lite0", "image", image_size=image_size).lock()
-    text_tower = build_tower("pkg:all-MiniLM-L6-v2", "text").lock()
-    model = DualEncoder(image_tower, text_tower, HeadConfig(kind="linear", embed_dim=text_tower.dim, text_head=False),
+    text_tower = build_tower(text, "text").lock()
+    model = DualEncoder(image_tower, text_tower, HeadConfig(kind="linear", embed_dim=text_tower.dim, text_head=False,
+                                                          init_temperature=0.1 if zh_names is None else 0.01),
                         ensemble=1, tower_opts={"image_size": image_size, "invert": False})
     ds = load_image_folder(folder)
     x = torch.from_numpy(image_tower.encode([Image.open(p).convert("RGB") for p in ds.images]))
     desc = from_templates(ds.class_names)
-    t = torch.from_numpy(np.stack([text_tower.encode(s).mean(0) for s in desc.sentences]))
+    sentences = desc.sentences
+    # zh_names: a class's target is its English AND Chinese prompts (the mixed-caption recipe); e5's cosines sit
+    # close together, so that model gets the sharper temperature a trained one would learn (CLIP ends near 0.01).
+    if zh_names is not None:
+        sentences = [en + from_templates([zh_names[n]]).sentences[0] for en, n in zip(sentences, ds.class_names)]
+    t = torch.from_numpy(np.stack([text_tower.encode(s).mean(0) for s in sentences]))
     t = torch.nn.functional.normalize(t, dim=-1)[torch.from_numpy(ds.labels)]
     head = model.image_head.members[0]
     head.fit_normalizer(x)
@@ -82,6 +90,16 @@ def trained_model_dir() -> Path:
         _CACHE["model"] = base / "model"
         _CACHE["base"] = base
     return _CACHE["model"]
+
+
+def bilingual_model_dir() -> Path:
+    """The same, with the frozen multilingual text tower (pkg:e5-small-query): English or Chinese queries."""
+    if "bilingual" not in _CACHE:
+        base = Path(tempfile.mkdtemp(prefix="clipforge-use-zh-"))
+        folder = make_shapes(base / "train", per_class=10, seed=1)
+        fit_model(folder, text="pkg:e5-small-query", zh_names=ZH_SHAPES).save_pretrained(base / "model")
+        _CACHE["bilingual"] = base / "model"
+    return _CACHE["bilingual"]
 
 
 def shared_index(tmp_root: Path | None = None):

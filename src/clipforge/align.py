@@ -8,7 +8,9 @@ Steps, each a function so the benchmark can reuse them:
 """
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from .config import RunConfig
 from .data import ClassDescriptions, SkipReport, load_descriptions, seen_unseen
 from .data.sources import load_class_source
 from .evaluate.probe import linear_probe
-from .evaluate.zeroshot import ZeroShotClassifier, best_gamma, gzsl_metrics, topk_metrics
+from .evaluate.zeroshot import GAMMA_GRID, ZeroShotClassifier, gzsl_h_curve, gzsl_metrics, topk_metrics
 from .model import DualEncoder
 from .objectives import ClassBatchData, batches_fn, make_step
 from .towers import build_tower
@@ -64,6 +66,8 @@ def prepare(cfg: RunConfig, progress: bool = True, towers: tuple | None = None) 
         image_tower, text_tower = towers
     image_tower.lock()
     text_tower.lock()
+    # The size the tower really uses (its native one when the config says null), so a saved model records it.
+    tower_opts["image_size"] = image_tower.preprocess_key().get("size", cfg.towers.image_size)
     cache = EmbeddingCache(cfg.cache_dir)
     tr_x, tr_y = embed_dataset(image_tower, train_ds, cache, progress=progress)
     te_x, te_y = embed_dataset(image_tower, test_ds, cache, progress=progress)
@@ -113,33 +117,47 @@ def class_scores(model: DualEncoder, p: Prepared, x: np.ndarray) -> np.ndarray:
         return zs.scores(model.embed_image_features(torch.from_numpy(x)))
 
 
-def calibrate_gamma(cfg: RunConfig, p: Prepared, progress: bool = False) -> float:
-    """GZSL calibration chosen on a pseudo split of the SEEN classes only: some seen classes play unseen,
-    a small model is trained on the rest, and the gamma that maximises its H is kept."""
-    val_seen, val_unseen = pseudo_split(cfg, p)
-    small = train_model(cfg, p, seen=val_seen, progress=progress, ensemble=1)
+def calibrate_gamma(cfg: RunConfig, p: Prepared, scorer=None, progress: bool = False) -> float:
+    """GZSL calibration chosen on the SEEN classes only. In each of several pseudo splits some seen classes play
+    unseen and a small model is trained on the rest; the H-versus-gamma curves of those models, measured on the
+    seen-class training images, are averaged and their best gamma kept. One pseudo split is a noisy guide (the
+    classes that play unseen decide it); the average over several is not.
+
+    ``scorer(classes) -> (features -> (N, n_classes) scores)`` fits another method on ``classes``; by default it
+    is ``train_model`` with one head."""
+    if scorer is None:
+        def scorer(classes):
+            small = train_model(cfg, p, seen=classes, progress=progress, ensemble=1)
+            return lambda x: class_scores(small, p, x)
     m = np.isin(p.train_y, p.seen)
-    # Held-out images of the pseudo-unseen classes are unseen by ``small``; the seen ones were trained on,
-    # as the real seen classes were for the real model.
-    return gamma_on_seen(class_scores(small, p, p.train_x[m]), p, val_seen, val_unseen)
+    curves = [h_curve_on_seen(scorer(val_seen)(p.train_x[m]), p, val_seen, val_unseen)
+              for val_seen, val_unseen in pseudo_splits(cfg, p)]
+    if not curves:
+        return 0.0
+    return float(GAMMA_GRID[int(np.argmax(np.mean(curves, 0)))])
 
 
-def pseudo_split(cfg: RunConfig, p: Prepared) -> tuple[list[int], list[int]]:
-    """Some SEEN classes play unseen (as many, proportionally, as the real split has): for choices that must
-    never look at the real unseen classes."""
+def pseudo_splits(cfg: RunConfig, p: Prepared) -> list[tuple[list[int], list[int]]]:
+    """``train.gzsl_pseudo_splits`` different (pseudo-seen, pseudo-unseen) splits of the SEEN classes, as many
+    pseudo-unseen, proportionally, as the real split has unseen: for choices that must never look at the real
+    unseen classes. Fixed by the split seed."""
     n_val = max(1, round(len(p.seen) * len(p.unseen) / len(p.class_names)))
-    rng = np.random.RandomState(cfg.data.split_seed + 1000)
-    val_unseen = sorted(rng.choice(p.seen, n_val, replace=False).tolist())
-    return [c for c in p.seen if c not in val_unseen], val_unseen
+    if n_val >= len(p.seen):
+        return []                           # too few seen classes to hold any out: no calibration (gamma 0)
+    combos = list(itertools.combinations(p.seen, n_val))
+    random.Random(cfg.data.split_seed + 1000).shuffle(combos)
+    return [([c for c in p.seen if c not in vu], sorted(vu)) for vu in combos[:cfg.train.gzsl_pseudo_splits]]
 
 
-def gamma_on_seen(scores_all: np.ndarray, p: Prepared, val_seen: list[int], val_unseen: list[int]) -> float:
-    """Best calibrated-stacking gamma on the seen-class training images, scored by a model that saw ``val_seen`` only."""
+def h_curve_on_seen(scores_all: np.ndarray, p: Prepared, val_seen: list[int], val_unseen: list[int]) -> np.ndarray:
+    """H at every gamma of GAMMA_GRID on the seen-class training images, scored by a model that saw ``val_seen`` only.
+    Images of the pseudo-unseen classes are unseen by that model; the others were trained on, as the real seen
+    classes were for the real model."""
     m = np.isin(p.train_y, p.seen)
     scores = scores_all[:, p.seen]
     local = {c: i for i, c in enumerate(p.seen)}
     y = np.array([local[int(v)] for v in p.train_y[m]])
-    return best_gamma(scores, y, [local[c] for c in val_seen], [local[c] for c in val_unseen])
+    return gzsl_h_curve(scores, y, [local[c] for c in val_seen], [local[c] for c in val_unseen])
 
 
 def evaluate_model(model: DualEncoder, p: Prepared, gamma: float = 0.0, probe: bool = True) -> dict:

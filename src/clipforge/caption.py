@@ -210,7 +210,7 @@ def train(cfg: CaptionRunConfig, p: Prepared, model: DualEncoder, world: World |
         raise ClipforgeError("train.accum_steps > 1 under torchrun is not supported; raise train.batch_size or use more processes")
     augment = kornia_augment(image_tower_size(p.image_tower, cfg)) if t.augment else None
     objective = ContrastiveObjective(model, cfg.loss.kind, cfg.loss.reduction, p.image_cached, p.text_cached,
-                                     augment, t.precision)
+                                     augment, t.precision, cfg.loss.pair_variant)
     step_module = wrap(objective, world)
     n = len(p.train.texts)
     bs = n if t.batch_size == 0 else min(t.batch_size, n)

@@ -34,7 +34,8 @@ class DataConfig(Strict):
 class TowersConfig(Strict):
     image: str = "pkg:efficientnet-lite0"
     text: str = "pkg:all-MiniLM-L6-v2"
-    image_size: int = Field(112, ge=16, le=1024)
+    image_size: int | None = Field(None, ge=16, le=1024, description="tower input size in pixels; null = the tower's "
+                                   "native size (224 for EfficientNet-Lite0), which seen-only validation also picked")
     invert: bool | None = Field(None, description="invert grey images (light object on dark -> dark on light); null = dataset default")
 
 
@@ -54,7 +55,8 @@ class HeadConfig(Strict):
 
 
 class LossConfig(Strict):
-    kind: Literal["multilabel", "class-softmax", "pair"] = "multilabel"
+    kind: Literal["multilabel", "class-softmax", "pair", "batch-clip"] = "multilabel"
+    reduction: Literal["mean", "sum"] = Field("mean", description="batch-clip: mean (CLIP) or sum (the seed 'Contrastive') of the two directions")
     pair_variant: Literal["l1", "bce", "margin"] = "l1"
     margin: float = 0.2
 
@@ -68,6 +70,8 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(10, ge=0)
     grad_clip: float = Field(1.0, ge=0.0)
     ensemble: int = Field(5, ge=1, description="heads trained from different seeds, scores averaged")
+    gzsl_pseudo_splits: int = Field(6, ge=1, description="pseudo-unseen splits of the seen classes that choose the "
+                                                         "GZSL calibration (their H curves are averaged)")
     seed: int = 0
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(25, ge=1, description="epochs between last.pt checkpoints")
@@ -113,7 +117,9 @@ class BridgeConfig(Strict):
 
 
 class ContrastiveLossConfig(Strict):
-    kind: Literal["clip", "siglip"] = "clip"
+    kind: Literal["clip", "siglip", "pair"] = Field("clip", description="clip (symmetric InfoNCE), siglip, or pair "
+                                                   "(the seed Pretrained_Model_Alignment: one right + one wrong caption)")
+    pair_variant: Literal["l1", "bce", "margin"] = "l1"
     reduction: Literal["mean", "sum"] = Field("mean", description="mean (CLIP) or sum (the seed 'Contrastive') of the two directions")
 
 

@@ -1,4 +1,5 @@
-"""The image-caption objective: CLIP (symmetric InfoNCE) or SigLIP over a batch of (image, caption) pairs.
+"""The image-caption objective: CLIP (symmetric InfoNCE), SigLIP, or the seed "Pretrained_Model_Alignment"
+pair loss over a batch of (image, caption) pairs.
 
 One module owns the forward so DistributedDataParallel can wrap it (``loss = ddp(batch)``):
 
@@ -8,6 +9,9 @@ One module owns the forward so DistributedDataParallel can wrap it (``loss = ddp
 * features are gathered across ranks with gradients, so negatives are the global batch's;
 * positives are pairs with the same image id, so an image captioned twice in one batch is not its own
   negative;
+* ``pair`` (a baseline, the seed's objective): each image against its own caption and ONE wrong caption drawn from
+  the batch (a caption of another image), scores pushed to +1 / -1; with a Siamese similarity the scores are
+  its pair scores, with cosine the cosines;
 * ``cached_gradient_step`` splits a batch into micro-batches but keeps the whole batch's negatives
   (gradient caching, as open_clip's ``accum_freq``): embed everything without gradients, take the loss's
   gradient w.r.t. the embeddings, then re-run each micro-batch with gradients and push that slice through.
@@ -21,7 +25,7 @@ import torch
 from torch import nn
 
 from .distributed import gather_no_grad
-from .losses import clip_loss, gather_with_grad, siglip_loss
+from .losses import clip_loss, gather_with_grad, pair_loss, siglip_loss
 
 
 @dataclass
@@ -48,11 +52,12 @@ def autocast(precision: str, device: str = "cpu"):
 
 class ContrastiveObjective(nn.Module):
     def __init__(self, model, kind: str = "clip", reduction: str = "mean", image_cached: bool = True,
-                 text_cached: bool = True, augment: nn.Module | None = None, precision: str = "fp32"):
+                 text_cached: bool = True, augment: nn.Module | None = None, precision: str = "fp32",
+                 pair_variant: str = "l1"):
         super().__init__()
-        if kind not in ("clip", "siglip"):
-            raise ValueError(f"loss kind must be clip or siglip, not {kind!r}")
-        self.model, self.kind, self.reduction = model, kind, reduction
+        if kind not in ("clip", "siglip", "pair"):
+            raise ValueError(f"loss kind must be clip, siglip or pair, not {kind!r}")
+        self.model, self.kind, self.reduction, self.pair_variant = model, kind, reduction, pair_variant
         self.image_cached, self.text_cached = image_cached, text_cached
         self.augment, self.precision = augment, precision
 
@@ -86,6 +91,8 @@ class ContrastiveObjective(nn.Module):
         txt_all = gather_with_grad(txt)
         own = gather_no_grad(owners)
         positives = (own[:, None] == own[None, :]).float()
+        if self.kind == "pair":
+            return self.pair_loss(img_all, txt_all, positives)
         losses = []
         for member in img_all:
             logits = self.model.similarity(member, txt_all)
@@ -94,6 +101,22 @@ class ContrastiveObjective(nn.Module):
                 losses.append(loss * 2 if self.reduction == "sum" else loss)
             else:
                 losses.append(siglip_loss(logits, positives))
+        return torch.stack(losses).mean()
+
+    def pair_loss(self, img_all: torch.Tensor, txt_all: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        """The seed's objective: image i with caption i (+1) and with one random caption of another image (-1)."""
+        n = txt_all.shape[0]
+        wrong = 1.0 - positives
+        if not bool((wrong.sum(1) > 0).all()):
+            raise ValueError("the pair loss needs at least two different images in every batch")
+        neg = torch.multinomial(wrong, 1).squeeze(1)                      # a wrong caption per image
+        labels = torch.cat([torch.ones(n), -torch.ones(n)]).to(txt_all.device)
+        sim = self.model.similarity
+        losses = []
+        for member in img_all:
+            a, b = torch.cat([member, member]), torch.cat([txt_all, txt_all[neg]])
+            scores = sim.pair(a, b) if hasattr(sim, "pair") else (a * b).sum(-1)
+            losses.append(pair_loss(scores, labels, self.pair_variant))
         return torch.stack(losses).mean()
 
     def forward(self, batch: CaptionBatch) -> torch.Tensor:

@@ -5,6 +5,9 @@
 * ``class-softmax``: softmax over the seen classes' prototype descriptions (multi-positive InfoNCE).
 * ``pair``: the seed's objective, one correct and one wrong description per image, the wrong one
   drawn from the SEEN classes only (the seed leaked unseen classes into its negatives).
+* ``batch-clip``: the seed "Contrastive" objective on class data: each image of the batch is paired with one
+  random description of its class, CLIP's image x caption InfoNCE over the batch (same-class captions count
+  as positives), the two directions summed or averaged (``reduction``).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LossConfig
-from .losses import multi_positive_infonce, multilabel_loss, pair_loss
+from .losses import clip_loss, multi_positive_infonce, multilabel_loss, pair_loss
 from .model import DualEncoder
 
 
@@ -58,6 +61,15 @@ def make_step(model: DualEncoder, data: ClassBatchData, cfg: LossConfig):
             logits = _member_logits(model, data.image_feats[idx], proto)
             target = F.one_hot(remap[data.labels[idx]], len(data.seen)).float()
             return sum(multi_positive_infonce(l, target) for l in logits)
+        return step
+    if cfg.kind == "batch-clip":
+        def step(idx):
+            y = data.labels[idx]
+            caption = torch.multinomial(M[y], 1).squeeze(1)                # one description of each image's class
+            t = model.embed_text_features(data.text_feats)[caption]
+            positives = (y[:, None] == y[None, :]).float()
+            scale = 2.0 if cfg.reduction == "sum" else 1.0
+            return sum(scale * clip_loss(l, positives) for l in _member_logits(model, data.image_feats[idx], t))
         return step
     if cfg.kind == "pair":
         def step(idx):

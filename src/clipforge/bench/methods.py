@@ -13,6 +13,12 @@ METHODS: dict[str, list[str]] = {
     "seed-pair-siamese": ["loss.kind=pair", "loss.pair_variant=l1", "head.similarity=siamese",
                           "head.siamese_shared=true", "train.ensemble=1", "train.lr=1e-3", "train.epochs=300",
                           "train.batch_size=256"],
+    # The seed "Contrastive": image x caption InfoNCE over the batch (a caption = one random description of the
+    # image's class; same-class captions are positives), fixed temperature 0.07, the two cross-entropies summed,
+    # one linear head onto the text tower's output, no text projection.
+    "seed-contrastive": ["loss.kind=batch-clip", "loss.reduction=sum", "head.init_temperature=0.07",
+                         "head.learn_temperature=false", "head.init_bias=null", "train.ensemble=1", "train.lr=1e-3",
+                         "train.epochs=300", "train.batch_size=256"],
 }
 
 

@@ -4,7 +4,9 @@ classification of the held-out digits against each digit's prompt ensemble.
 Methods (the clipforge default first):
 * ``clipforge``: both towers from scratch (``scratch:cnn-small`` + ``scratch:text-small``);
 * ``scratch-cnn+frozen-minilm``: the same image tower from scratch, text by the packaged, frozen
-  ``pkg:all-MiniLM-L6-v2`` with a trained linear text head.
+  ``pkg:all-MiniLM-L6-v2`` with a trained linear text head;
+* the pretrained-tower rows of ``mnist_pretrained.py`` (frozen EfficientNet-Lite0 + MiniLM, joined by
+  clipforge's head, the two seeds' objectives, ConSE, Procrustes, least squares, ASIF; and the linear probe).
 
 Besides metrics, each result carries the report's figure data (see ``clipforge.evaluate.report``):
 confusion, per-class recall, an images x texts similarity matrix, retrieval examples in both directions
@@ -84,18 +86,30 @@ def figure_data(clip, split: DigitSplit, scores: np.ndarray, metrics: dict, out:
 
 
 def run_mnist(out: str | Path, methods: list[str] = tuple(METHODS), epochs: int | None = None,
-              logs: str | Path | None = "runs/mnist", smoke: bool = False, progress: bool = False) -> Path:
+              logs: str | Path | None = "runs/mnist", smoke: bool = False, progress: bool = False,
+              cache_dir: str = ".cache/clipforge") -> Path:
     """Train and evaluate every method on the fixed split; write ``out/mnist.json`` (+ example thumbnails)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unknown = [m for m in methods if m not in METHODS]
+    from .mnist_pretrained import PRETRAINED, prepare_digits, run_pretrained
+    unknown = [m for m in methods if m not in METHODS and m not in PRETRAINED]
     if unknown:
-        raise ClipforgeError(f"unknown MNIST method(s) {unknown}; choose from {list(METHODS)}")
+        raise ClipforgeError(f"unknown MNIST method(s) {unknown}; choose from {list(METHODS) + list(PRETRAINED)}")
     t0, load_start = time.time(), os.getloadavg()
     split = load_small_digits() if smoke else load_mnist()
     t_data = time.time() - t0
-    rows = []
+    rows, pretrained = [], None
     for method in methods:
+        if method in PRETRAINED:
+            t_row = time.time()
+            if pretrained is None:
+                pretrained = prepare_digits(split, ScratchClipConfig().templates, cache_dir)
+            r = run_pretrained(method, pretrained, cache_dir)
+            rows.append({"method": method, "image_tower": pretrained.image_tower.tower_id,
+                         "text_tower": pretrained.text_tower.tower_id, **r,
+                         "wall_seconds": round(time.time() - t_row, 1)})
+            print(f"{method}: top-1 {r['metrics']['top1']:.4f} ({rows[-1]['wall_seconds']:.0f} s)", flush=True)
+            continue
         cfg = ScratchClipConfig(**{**METHODS[method], **(SMOKE if smoke else {})})
         if smoke:
             cfg = replace(cfg, text_tower=METHODS[method]["text_tower"].replace("text-small", "text-tiny"))

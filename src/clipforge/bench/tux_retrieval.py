@@ -3,7 +3,8 @@ four, R@1/5/10 both ways and MR on the fifth. Methods share towers and cached fe
 
 ``seed-contrastive`` re-creates the seed "Contrastive" objective on the same towers: a linear image
 projection onto the text tower's pooled output (no text projection), fixed temperature 0.07, the two
-cross-entropies summed, no ConSE bridge, one head. ``conse``, ``procrustes``, ``least-squares`` and ``asif``
+cross-entropies summed, no ConSE bridge, one head. ``seed-pair-siamese`` is the seed "Pretrained_Model_Alignment":
+one right and one wrong caption per image, a shared Siamese MLP as the similarity. ``conse``, ``procrustes``, ``least-squares`` and ``asif``
 are the closed-form baselines of baselines.py on the same cached features.
 """
 from __future__ import annotations
@@ -28,6 +29,11 @@ CAPTION_METHODS: dict[str, list[str]] = {
     "seed-contrastive": ["head.kind=linear", "head.dropout=0", "head.input_dropout=0", "head.init_temperature=0.07",
                          "head.learn_temperature=false", "loss.reduction=sum", "bridge.alpha=0", "train.ensemble=1",
                          "train.lr=1e-2", "train.weight_decay=1e-2"],
+    # The seed "Pretrained_Model_Alignment" on captions: one right and one wrong caption per image, L1 to +1/-1,
+    # a shared Siamese |a-b| MLP on top of a linear image projection (as in the fashion-zsl suite).
+    "seed-pair-siamese": ["loss.kind=pair", "loss.pair_variant=l1", "head.similarity=siamese", "head.siamese_shared=true",
+                          "head.kind=linear", "head.dropout=0", "head.input_dropout=0", "bridge.alpha=0",
+                          "train.ensemble=1", "train.lr=1e-3", "train.epochs=300", "train.batch_size=256"],
 }
 FOLDS = [0, 1, 2, 3, 4]
 RECALLS = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]

@@ -13,12 +13,14 @@ from . import app, bench_app, friendly
 @bench_app.command("mnist")
 @friendly
 def bench_mnist(out: Path = typer.Option(Path("benchmarks/results"), help="output folder (mnist.json + thumbnails)"),
-                methods: str = typer.Option("clipforge,scratch-cnn+frozen-minilm", help="comma-separated methods"),
+                methods: str = typer.Option("clipforge,scratch-cnn+frozen-minilm,pretrained-clipforge,seed-pair-siamese,"
+                                            "seed-contrastive,conse,procrustes,least-squares,asif,linear-probe",
+                                            help="comma-separated methods (scratch rows, then frozen pretrained towers)"),
                 epochs: Optional[int] = typer.Option(None, help="override the number of epochs"),
                 logs: Optional[Path] = typer.Option(Path("runs/mnist"), help="TensorBoard logs, checkpoints and saved "
                                                    "models, one folder per method"),
                 smoke: bool = typer.Option(False, help="sklearn's 8x8 digits and tiny towers: seconds, not minutes")):
-    """10-way MNIST by text prompts, towers trained from scratch (DESIGN.md section 4)."""
+    """10-way MNIST by text prompts: towers trained from scratch, and every baseline on frozen pretrained towers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..bench.mnist import run_mnist
     path = run_mnist(out, [m.strip() for m in methods.split(",") if m.strip()], epochs=epochs, logs=logs, smoke=smoke)

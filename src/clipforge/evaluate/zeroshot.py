@@ -85,11 +85,14 @@ def gzsl_metrics(scores: np.ndarray, labels: np.ndarray, seen: list[int], unseen
     return {"gzsl_seen": acc_s, "gzsl_unseen": acc_u, "gzsl_h": float(h), "gzsl_gamma": float(gamma)}
 
 
-def best_gamma(scores: np.ndarray, labels: np.ndarray, seen: list[int], unseen: list[int]) -> float:
-    """The calibration that maximises H on a validation split (only ever a pseudo-unseen split of seen classes)."""
-    grid = np.linspace(-0.2, 0.5, 71) * float(np.std(scores) * 4 or 1.0)
-    hs = [gzsl_metrics(scores, labels, seen, unseen, g)["gzsl_h"] for g in grid]
-    return float(grid[int(np.argmax(hs))])
+# Calibration offsets tried: class scores are cosines or tanh pair scores, both within [-1, 1].
+GAMMA_GRID = np.linspace(-1.0, 1.0, 401)
+
+
+def gzsl_h_curve(scores: np.ndarray, labels: np.ndarray, seen: list[int], unseen: list[int],
+                 grid: np.ndarray = GAMMA_GRID) -> np.ndarray:
+    """H at every calibration offset of ``grid`` (only ever on a pseudo-unseen split of seen classes)."""
+    return np.array([gzsl_metrics(scores, labels, seen, unseen, g)["gzsl_h"] for g in grid])
 
 
 def evaluate_zeroshot(model, images, labels: np.ndarray, class_names: list[str], templates: list[str] | None = None,
