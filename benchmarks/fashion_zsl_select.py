@@ -55,6 +55,11 @@ def main() -> None:
                      "seconds": round(time.time() - ts, 1)})
         print(f"image_size={size}: pseudo-unseen top-1 {r['pseudo_unseen_top1']:.4f} ± {r['std']:.3f}", flush=True)
     best = max(rows, key=lambda r: r["metrics"]["pseudo_unseen_top1"])
+    ref = np.array(best["per_pseudo_split"])
+    for r in rows:      # the same pseudo splits for every candidate: a paired difference tells noise from signal
+        d = np.array(r["per_pseudo_split"]) - ref
+        r["paired_vs_selected"] = {"mean_difference": float(d.mean()),
+                                   "standard_error": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None}
     result = {"suite": "fashion-zsl-selection", "dataset": "fashion-mnist", "task": "model_selection",
               "model": "pkg:efficientnet-lite0 + pkg:all-MiniLM-L6-v2, one linear head (the default objective)",
               "protocol": {"splits": [0, 1, 2, 3, 4], "pseudo_splits_per_split": args.pseudo,

@@ -35,7 +35,7 @@ class TowersConfig(Strict):
     image: str = "pkg:efficientnet-lite0"
     text: str = "pkg:all-MiniLM-L6-v2"
     image_size: int | None = Field(None, ge=16, le=1024, description="tower input size in pixels; null = the tower's "
-                                   "native size (224 for EfficientNet-Lite0), which seen-only validation also picked")
+                                   "native size (224 for EfficientNet-Lite0; docs/zero-shot.md)")
     invert: bool | None = Field(None, description="invert grey images (light object on dark -> dark on light); null = dataset default")
 
 

@@ -306,7 +306,7 @@ def run_fashion_zsl_zh(out: str | Path, methods: list[str], overrides: list[str]
               "languages": ["en", "zh"], "model": f"{cfg.towers.image} + <text tower per method>",
               "protocol": {"splits": list(splits), "unseen": "sorted(random.Random(seed).sample(range(10), 3))",
                            "train_per_class": cfg.data.train_per_class, "test_per_class": cfg.data.test_per_class,
-                           "image_size": cfg.towers.image_size,
+                           "image_size": image_tower.preprocess_key().get("size") if image_tower else cfg.towers.image_size,
                            "training": "seen classes of the train set only, packaged English descriptions",
                            "test": "class names x the template set of the language (DEFAULT_TEMPLATES / ZH_TEMPLATES), "
                                    "averaged and re-normalised per class; unseen_top1: N-way among the 3 unseen; "

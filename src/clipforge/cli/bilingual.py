@@ -13,6 +13,7 @@ import typer
 
 from ..errors import ClipforgeError
 from . import app, bench_app, friendly
+from ..bench.leaderboard import TUX_ZH_ALL
 from .caption import _config_path
 
 
@@ -107,7 +108,7 @@ def export_cmd(model: Path = typer.Argument(..., help="a saved clipforge model d
 @friendly
 def bench_tux_zh(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
                  set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
-                 methods: str = typer.Option("clipforge,use-m3-mixed,altclip-distill,minilm-english", help="comma-separated methods"),
+                 methods: str = typer.Option(",".join(TUX_ZH_ALL), help="comma-separated methods"),
                  folds: str = typer.Option("0,1,2,3,4", help="comma-separated folds"),
                  inner: bool = typer.Option(False, help="validate on a quarter of each fold's TRAINING folds (model selection)")):
     """Tux Paint 5-fold retrieval with zh_CN captions beside English (MR_en, MR_zh), every method side by side."""

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from . import app, bench_app, friendly
+from ..bench.leaderboard import TUX_ALL
 
 PACKAGED = Path(__file__).resolve().parent.parent / "configs"
 
@@ -61,7 +62,7 @@ def eval_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help=
 @friendly
 def bench_tux(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
               set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
-              methods: str = typer.Option("clipforge,seed-contrastive,conse,procrustes,least-squares,asif",
+              methods: str = typer.Option(",".join(TUX_ALL),
                                          help="comma-separated methods")):
     """Tux Paint 5-fold image-caption retrieval, every method side by side (DESIGN.md section 4)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -10,6 +10,7 @@ import typer
 
 from ..errors import ClipforgeError
 from . import app, bench_app, friendly
+from ..bench.leaderboard import FASHION_ALL
 
 
 @app.command()
@@ -61,7 +62,7 @@ def classify(model: Path = typer.Argument(..., help="a saved clipforge model dir
 @friendly
 def bench_fashion_zsl(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
                       set_: List[str] = typer.Option([], "--set", "-s", help="override a field of the default config"),
-                      methods: str = typer.Option("clipforge,seed-pair-siamese", help="comma-separated methods")):
+                      methods: str = typer.Option(",".join(FASHION_ALL), help="comma-separated methods")):
     """The DESIGN.md Fashion-MNIST protocol: 5 seen/unseen splits, every method side by side."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..bench.fashion_zsl import run_fashion_zsl

@@ -8,13 +8,13 @@ from typing import Optional
 import typer
 
 from . import app, bench_app, friendly
+from ..bench.leaderboard import MNIST_ALL
 
 
 @bench_app.command("mnist")
 @friendly
 def bench_mnist(out: Path = typer.Option(Path("benchmarks/results"), help="output folder (mnist.json + thumbnails)"),
-                methods: str = typer.Option("clipforge,scratch-cnn+frozen-minilm,pretrained-clipforge,seed-pair-siamese,"
-                                            "seed-contrastive,conse,procrustes,least-squares,asif,linear-probe",
+                methods: str = typer.Option(",".join(MNIST_ALL),
                                             help="comma-separated methods (scratch rows, then frozen pretrained towers)"),
                 epochs: Optional[int] = typer.Option(None, help="override the number of epochs"),
                 logs: Optional[Path] = typer.Option(Path("runs/mnist"), help="TensorBoard logs, checkpoints and saved "
