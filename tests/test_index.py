@@ -12,6 +12,7 @@ from clipforge.cli import app
 from clipforge.errors import ClipforgeError
 from clipforge.index import ImageIndex, ann
 from clipforge.index import core as index_core
+from clipforge.index.embedding import file_digest
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_build_from_folder_skips_broken_files_and_finds_by_text_and_image(tmp_pa
     hits = ix.search_image(coll / "triangle" / "3.png", k=3)
     assert _names(hits)[0] == "triangle/3.png" and hits[0].score == pytest.approx(1.0, abs=1e-4)
     rec = ix.record(hits[0].id)
-    assert rec.sha256 == index_core.file_digest(rec.path)[0] and rec.bytes > 0
+    assert rec.sha256 == file_digest(rec.path)[0] and rec.bytes > 0
     # Reloaded from disk: same answers; the model comes from the path stored in the manifest.
     again = ImageIndex.load(tmp_path / "ix")
     assert _names(again.search_text("a circle", k=5)) == _names(ix.search_text("a circle", k=5))

@@ -8,39 +8,36 @@ Layout of an index directory::
 
 A build or an add writes a complete new version under a temporary name, renames it, and only then points
 CURRENT at it, so a crash at any moment leaves the previous version live and loadable (and the next build
-sweeps the half-written folder away). Embeddings of the image tower go through the embedding cache in
-chunks, so a crashed build that is run again recomputes only the chunks it had not finished.
+sweeps the half-written folder away): versions.py. Embeddings of the image tower go through the embedding cache
+in chunks, so a crashed build that is run again recomputes only the chunks it had not finished: embedding.py.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
-from ..cache import EmbeddingCache, embed_images
+from ..cache import EmbeddingCache
 from ..data.images import load_image
 from ..errors import ClipforgeError
 from ..testhooks import pause_point
 from . import ann
-from .sources import SourceItem, list_source
+from .embedding import digest_items, embed_items
+from .sources import list_source
 from .store import MetaStore, Record
+from .versions import CURRENT, check_target, current_dir, publish, sweep_stale, write_lock
 
 FORMAT = "clipforge-index/1"
-CURRENT, MANIFEST, VECTORS, META = "CURRENT", "manifest.json", "vectors.faiss", "meta.sqlite"
-CHUNK = 1024  # images per embedding-cache entry
+MANIFEST, VECTORS, META = "manifest.json", "vectors.faiss", "meta.sqlite"
 
 
 @dataclass
@@ -77,18 +74,6 @@ class BuildReport:
         return s + f", {self.seconds:.1f} s"
 
 
-# -- helpers --------------------------------------------------------------------------------------------------
-
-def file_digest(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
-
-
 def model_fingerprint(model) -> str:
     """Config + head weights (+ tower weights if trained): equal for a model and its saved-and-reloaded copy."""
     cfg = model.config_dict()
@@ -116,114 +101,6 @@ def _load_model(model):
     return DualEncoder.from_pretrained(model), Path(model)
 
 
-@contextlib.contextmanager
-def _write_lock(root: Path):
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as f:
-        try:
-            import fcntl
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - not POSIX: single writer assumed
-            pass
-        yield
-
-
-def _current_dir(root: Path) -> Path | None:
-    try:
-        name = (root / CURRENT).read_text().strip()
-    except FileNotFoundError:
-        return None
-    d = root / name
-    return d if name and "/" not in name and d.is_dir() else None
-
-
-def _publish(root: Path, tmp: Path) -> Path:
-    """Rename a finished temporary version into place, point CURRENT at it, drop older versions."""
-    final = root / f"v-{time.time_ns()}"
-    os.rename(tmp, final)
-    pointer = root / f".{CURRENT}.{uuid.uuid4().hex}"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / CURRENT)
-    for d in root.iterdir():
-        if d.is_dir() and d != final and (d.name.startswith("v-") or d.name.startswith(".tmp-")):
-            shutil.rmtree(d, ignore_errors=True)
-    return final
-
-
-def _sweep_stale(root: Path) -> None:
-    """Half-written versions of crashed builds (only ever called under the write lock)."""
-    for d in root.glob(".tmp-*"):
-        shutil.rmtree(d, ignore_errors=True)
-    for p in root.glob(f".{CURRENT}.*"):
-        p.unlink(missing_ok=True)
-
-
-def _check_target(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise ClipforgeError(f"index path '{root}' is a file, not a folder")
-    if root.is_dir() and not (root / CURRENT).exists() and any(p.name != ".lock" and not p.name.startswith(".tmp-")
-                                                               for p in root.iterdir()):
-        raise ClipforgeError(f"'{root}' exists and is not a clipforge index; choose a new or empty folder for --out")
-
-
-# -- embedding ---------------------------------------------------------------------------------------------
-
-def _digest_items(items: list[SourceItem], known: dict[str, int], workers: int):
-    """Hash every file; drop unreadable ones, repeats within the batch, and files already in the index."""
-    def digest(it):
-        try:
-            return file_digest(it.path)
-        except OSError as e:
-            return None, f"cannot read: {e.strerror or e}"
-    todo, skipped, already, first = [], [], 0, {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for it, (sha, size) in zip(items, pool.map(digest, items)):
-            if sha is None:
-                skipped.append((it.path, size))
-            elif sha in known:
-                already += 1
-            elif sha in first:
-                skipped.append((it.path, f"same content as {first[sha]}"))
-            else:
-                first[sha] = it.path
-                todo.append((it, sha, size))
-    return todo, skipped, already
-
-
-def _image_size(path: str) -> tuple[int | None, int | None]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception:  # noqa: BLE001 - metadata only; the image already decoded once
-        return None, None
-
-
-def embed_items(model, todo, cache: EmbeddingCache, batch_size: int, workers: int, progress: bool):
-    """Embed (item, sha, size) triples in cached chunks -> (vectors (n, D), records without ids, skipped)."""
-    tower = model.image_tower
-    vecs, recs, skipped = [], [], []
-    bar = tqdm(total=len(todo), desc="embed images", unit="img", disable=not progress)
-    for s in range(0, len(todo), CHUNK):
-        chunk = todo[s:s + CHUNK]
-        paths = [it.path for it, _, _ in chunk]
-        fp = "index:" + hashlib.sha256("|".join(sha for _, sha, _ in chunk).encode()).hexdigest()[:24]
-        emb = cache.get_or_compute(tower, fp, lambda: embed_images(tower, paths, batch_size, workers, progress=False))
-        skipped += [(str(p), r) for p, r in emb.skipped]
-        if len(emb.kept):
-            with torch.inference_mode():
-                model.eval()
-                v = model.embed_image_features(torch.from_numpy(np.asarray(emb.features, np.float32))).numpy()
-            vecs.append(v.astype(np.float32))
-            for i in emb.kept:
-                it, sha, size = chunk[int(i)]
-                w, h = _image_size(it.path)
-                recs.append(Record(-1, it.path, it.caption, w, h, size, sha))
-        bar.update(len(chunk))
-    bar.close()
-    dim = int(vecs[0].shape[1]) if vecs else 0
-    return (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)), recs, skipped
-
-
 # -- the index ---------------------------------------------------------------------------------------------
 
 class ImageIndex:
@@ -240,7 +117,7 @@ class ImageIndex:
         """Open the live version. ``model``: a DualEncoder or model dir (default: the one the index was built
         with, loaded on first use); ``search_params``: e.g. ``{"efSearch": 128}`` or ``{"nprobe": 64}``."""
         root = Path(path)
-        version = _current_dir(root)
+        version = current_dir(root)
         if version is None:
             raise ClipforgeError(f"'{root}' is not a clipforge index (no {CURRENT}); build one with 'clipforge index build'")
         manifest = json.loads((version / MANIFEST).read_text())
@@ -306,10 +183,10 @@ class ImageIndex:
                                  "this one scores pairs with a Siamese network")
         items, problems = list_source(source)
         root = Path(out)
-        _check_target(root)
-        with _write_lock(root):
-            _sweep_stale(root)
-            todo, skipped, _ = _digest_items(items, {}, workers)
+        check_target(root)
+        with write_lock(root):
+            sweep_stale(root)
+            todo, skipped, _ = digest_items(items, {}, workers)
             vecs, recs, bad = embed_items(m, todo, EmbeddingCache(cache_dir), batch_size, workers, progress)
             spec = ann.choose(len(recs), kind, params)
             info = model_info(m, model_dir)
@@ -337,10 +214,10 @@ class ImageIndex:
         info = model_info(m, mdir or model_dir) if m is not None else {"dir": str(model_dir) if model_dir else None,
                                                                          "fingerprint": None}
         root = Path(out)
-        _check_target(root)
+        check_target(root)
         spec = ann.choose(len(x), kind, params)
-        with _write_lock(root):
-            _sweep_stale(root)
+        with write_lock(root):
+            sweep_stale(root)
             cls._write_new(root, x, recs, [], spec, info, requested=kind, sources=["vectors"])
         return cls.load(root, model=m)
 
@@ -363,7 +240,7 @@ class ImageIndex:
                         "ann": {**spec.to_dict(), "requested": requested}, "model": info, "sources": sources,
                         "created": created or time.time(), "updated": time.time()}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            return _publish(root, tmp)
+            return publish(root, tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -377,13 +254,13 @@ class ImageIndex:
         t0 = time.time()
         m = self.model
         items, problems = list_source(source)
-        with _write_lock(self.root):
-            _sweep_stale(self.root)
-            live = _current_dir(self.root)
+        with write_lock(self.root):
+            sweep_stale(self.root)
+            live = current_dir(self.root)
             if live != self.version:  # someone else published meanwhile: continue from theirs
                 fresh = ImageIndex.load(self.root, search_params=None)
                 self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_model"})
-            hashes_todo, skipped, _ = _digest_items(items, {}, workers)
+            hashes_todo, skipped, _ = digest_items(items, {}, workers)
             known = self.store.by_hash([sha for _, sha, _ in hashes_todo])
             todo = [t for t in hashes_todo if t[1] not in known]
             already = len(hashes_todo) - len(todo)
