@@ -221,3 +221,17 @@ def test_load_image_failures_return_reasons(tmp_path):
     assert reason is None and img.size == (16, 16)
 
 
+
+
+def test_bomb_is_refused_even_when_another_thread_reset_the_warnings_filter(tmp_path, monkeypatch):
+    """Warnings filters are process-wide: a decoding thread pool can see them reset by another thread mid-call
+    (how a 12000 x 12000 PNG once slipped through CI). The pixel limit must not depend on them."""
+    import warnings
+    from clipforge.data import images
+    path = tmp_path / "bomb.png"
+    Image.new("1", (1, 1)).save(path)
+    monkeypatch.setattr(images, "MAX_PIXELS", 0)          # every image is "too large" now; PIL's own check is off
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    monkeypatch.setattr(warnings, "simplefilter", lambda *a, **k: None)   # the filter "reset" by someone else
+    img, reason = load_image(path)
+    assert img is None and "too large" in reason
