@@ -27,6 +27,11 @@ def test_pseudo_splits_hold_out_seen_classes_only_and_are_fixed_by_the_split_see
     assert splits == align.pseudo_splits(cfg, p)
     assert splits != align.pseudo_splits(load_config(None, ["data.split_seed=4"]), p)
     assert align.pseudo_splits(cfg, _prepared(n_classes=2, unseen=(1,))) == []     # nothing to hold out
+    # AwA2-sized (40 seen, 12 held out: billions of subsets): sampled, distinct, never listed
+    big = _prepared(n_classes=50, unseen=tuple(range(40, 50)), per_class=1)
+    many = align.pseudo_splits(cfg, big)
+    assert len(many) == 6 and len({tuple(u) for _, u in many}) == 6 and all(len(u) == 8 for _, u in many)
+    assert all(not set(u) & set(big.unseen) for _, u in many)
 
 
 def test_calibration_averages_the_h_curves_of_several_pseudo_splits_and_never_scores_unseen_classes():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -144,9 +145,19 @@ def pseudo_splits(cfg: RunConfig, p: Prepared) -> list[tuple[list[int], list[int
     n_val = max(1, round(len(p.seen) * len(p.unseen) / len(p.class_names)))
     if n_val >= len(p.seen):
         return []                           # too few seen classes to hold any out: no calibration (gamma 0)
-    combos = list(itertools.combinations(p.seen, n_val))
-    random.Random(cfg.data.split_seed + 1000).shuffle(combos)
-    return [([c for c in p.seen if c not in vu], sorted(vu)) for vu in combos[:cfg.train.gzsl_pseudo_splits]]
+    rng, want = random.Random(cfg.data.split_seed + 1000), cfg.train.gzsl_pseudo_splits
+    if math.comb(len(p.seen), n_val) <= 10_000:          # few enough to list: distinct draws, in a fixed order
+        combos = list(itertools.combinations(p.seen, n_val))
+        rng.shuffle(combos)
+        held = combos[:want]
+    else:                                                 # e.g. AwA2's 40 seen classes: sample, never list
+        seen_draws, held = set(), []
+        while len(held) < want:
+            vu = tuple(sorted(rng.sample(p.seen, n_val)))
+            if vu not in seen_draws:
+                seen_draws.add(vu)
+                held.append(vu)
+    return [([c for c in p.seen if c not in vu], sorted(vu)) for vu in held]
 
 
 def h_curve_on_seen(scores_all: np.ndarray, p: Prepared, val_seen: list[int], val_unseen: list[int]) -> np.ndarray:
