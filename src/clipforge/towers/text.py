@@ -73,7 +73,9 @@ class STTextTower(Tower):
         except (OSError, ValueError) as e:
             raise ClipforgeError(f"cannot load sentence-transformers model '{name_or_path}': {e}".splitlines()[0]) from None
         self.tower_id = f"st:{name_or_path}"
-        self.dim = int(self.st.get_sentence_embedding_dimension())
+        # sentence-transformers 5.x renamed the method; keep working with the older name too.
+        get_dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
 
     def prepare(self, items):
         return self.st.tokenize(list(items))
