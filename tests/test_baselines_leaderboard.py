@@ -79,3 +79,17 @@ def test_leaderboard_ranks_methods_bolds_the_best_and_labels_settings(tmp_path):
         {"method": "clipforge", "metrics": {"MR": 0.6}}]}))
     md = write_leaderboard(tmp_path).read_text()
     assert "Not in this suite: `linear-probe` (retrieval has no classes" in md
+
+
+def test_html_leaderboard_marks_best_among_inductive_rows_only():
+    from clipforge.evaluate.report import leaderboard
+    results = [
+        {"method": "clipforge-transductive", "metrics": {"unseen_top1": 0.9},
+         "per_split": [{"setting": "transductive: uses the unlabelled unseen test images"}]},
+        {"method": "clipforge", "metrics": {"unseen_top1": 0.6}},
+        {"method": "asif", "metrics": {"unseen_top1": 0.5}}]
+    html = leaderboard(results)
+    rows = html.split("<tr")[2:]  # skip the header row
+    assert [r.split('class="method">')[1].split("<")[0] for r in rows] == ["clipforge", "asif", "clipforge-transductive"]
+    assert 'class="best">0.600' in rows[0] and 'class="best"' not in rows[2]
+    assert "transductive: uses the unlabelled" in rows[2] and "other-setting" in rows[2]

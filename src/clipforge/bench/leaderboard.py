@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clipforge.evaluate.report import setting_of
+
 SUITES = {
     "fashion-zsl": ["unseen_top1", "unseen_mean_per_class_recall", "seen_top1", "gzsl_h"],
     "tux-retrieval": ["MR", "image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@10", "text_to_image_R@10"],
@@ -30,8 +32,7 @@ NOT_APPLICABLE = {
 }
 
 
-def _setting(r: dict) -> str:
-    return r.get("setting") or (r.get("per_split") or [{}])[0].get("setting", "inductive")
+_setting = setting_of
 
 
 def suite_table(data: dict) -> str:

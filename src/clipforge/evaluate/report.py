@@ -129,21 +129,31 @@ def thumbnail(path: str | None, base: Path, label: str = "") -> str:
 
 # -- sections -----------------------------------------------------------------------------------------
 
+def setting_of(r: dict) -> str:
+    """A result's setting ("inductive" unless the row or its first split says otherwise: transductive, supervised)."""
+    return r.get("setting") or (r.get("per_split") or [{}])[0].get("setting", "inductive")
+
+
 def leaderboard(results: list[dict]) -> str:
+    """Methods side by side. Best values are marked among the inductive rows only; transductive and supervised
+    rows follow them with their setting named, so a number that used the test images never looks like the winner."""
     keys: list[str] = []
     for r in results:
         for k, v in (r.get("metrics") or {}).items():
             if _num(v) and k not in keys:
                 keys.append(k)
     extra = [k for k in ("wall_seconds", "train_seconds") if any(_num(r.get(k)) for r in results)]
+    inductive = [r for r in results if setting_of(r) == "inductive"]
+    others = [r for r in results if setting_of(r) != "inductive"]
     best = {}
     for k in keys:
-        vals = [r["metrics"][k] for r in results if _num((r.get("metrics") or {}).get(k))]
+        vals = [r["metrics"][k] for r in inductive if _num((r.get("metrics") or {}).get(k))]
         if vals and not all(isinstance(v, int) for v in vals):  # counts are not scores
             best[k] = min(vals) if any(t in k for t in LOWER_IS_BETTER) else max(vals)
-    head = "".join(f"<th>{esc(k)}</th>" for k in ["method", *keys, *extra])
+    show_setting = bool(others)
+    head = "".join(f"<th>{esc(k)}</th>" for k in ["method", *keys, *extra, *(["setting"] if show_setting else [])])
     rows = []
-    for r in results:
+    for r in [*inductive, *others]:
         m, std = r.get("metrics") or {}, r.get("std") or {}
         cells = [f'<td class="method">{esc(r["method"])}</td>']
         for k in keys:
@@ -151,10 +161,12 @@ def leaderboard(results: list[dict]) -> str:
             txt = fmt(v) if v is not None else "&ndash;"
             if _num(std.get(k)):
                 txt += f' <span class="std">&plusmn; {std[k]:.3f}</span>'
-            b = _num(v) and k in best and v == best[k] and len(results) > 1
+            b = r in inductive and _num(v) and k in best and v == best[k] and len(inductive) > 1
             cells.append(f'<td class="{"best" if b else ""}">{txt}</td>')
         cells += [f"<td>{fmt(r.get(k), k) if r.get(k) is not None else '&ndash;'}</td>" for k in extra]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        if show_setting:
+            cells.append(f'<td class="setting">{esc(setting_of(r))}</td>')
+        rows.append(f'<tr class="{"" if r in inductive else "other-setting"}">' + "".join(cells) + "</tr>")
     return f'<table class="board"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -294,7 +306,7 @@ nav{font-size:13px;margin:10px 0}nav a{margin-right:14px}
 section{background:#fff;border:1px solid #e3e3e3;border-radius:8px;padding:10px 18px;margin:16px 0}
 h2 small{color:#888;font-weight:normal;font-size:13px}h3{margin:16px 0 6px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f1f4f7}td.method{text-align:left;font-weight:600}td.best{font-weight:700;background:#e8f6e8}
+th{background:#f1f4f7}td.method{text-align:left;font-weight:600}td.best{font-weight:700;background:#e8f6e8}tr.other-setting td{color:#555;font-style:italic}td.setting{text-align:left;font-size:12px}
 table.meta th{text-align:left;font-weight:600}table.meta td{text-align:left;max-width:900px;word-break:break-word}
 .std{color:#888;font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0;border:1px solid #eee;padding:4px;background:#fff}figure img{max-width:640px;display:block}
