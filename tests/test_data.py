@@ -248,10 +248,8 @@ def test_read_idx_images_and_labels(tmp_path, name):
     np.testing.assert_array_equal(got_l, labels)
 
 
-@pytest.mark.skipif(not PACKAGED_DIR.exists(),
-                    reason=f"Fashion-MNIST not installed at {PACKAGED_DIR} (Debian package dataset-fashion-mnist; "
-                           "CI installs it)")
 def test_load_packaged_fashion_mnist_test_split():
+    assert PACKAGED_DIR.exists(), f"Fashion-MNIST not installed at {PACKAGED_DIR}: bash scripts/install.sh (Debian dataset-fashion-mnist)"
     ds = load_fashion_mnist("test")
     assert len(ds) == 10000
     assert ds.images.shape == (10000, 28, 28) and ds.images.dtype == np.uint8
