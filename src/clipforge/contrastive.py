@@ -111,11 +111,10 @@ class ContrastiveObjective(nn.Module):
             raise ValueError("the pair loss needs at least two different images in every batch")
         neg = torch.multinomial(wrong, 1).squeeze(1)                      # a wrong caption per image
         labels = torch.cat([torch.ones(n), -torch.ones(n)]).to(txt_all.device)
-        sim = self.model.similarity
         losses = []
         for member in img_all:
             a, b = torch.cat([member, member]), torch.cat([txt_all, txt_all[neg]])
-            scores = sim.pair(a, b) if hasattr(sim, "pair") else (a * b).sum(-1)
+            scores = self.model.similarity.pair(a, b)
             losses.append(pair_loss(scores, labels, self.pair_variant))
         return torch.stack(losses).mean()
 

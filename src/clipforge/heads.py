@@ -90,6 +90,11 @@ class CosineSimilarity(nn.Module):
         logits = self.scale * (a @ b.transpose(-1, -2))
         return logits + self.logit_bias if self.logit_bias is not None else logits
 
+    def pair(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Row-wise cosines of matching pairs a[i], b[i] -> (N,): the pair loss pushes them to +1 / -1 directly,
+        so no temperature (as SiameseSimilarity.pair, whose scores are tanh-bounded)."""
+        return (a * b).sum(-1)
+
 
 class LabelBridge(nn.Module):
     """ConSE embedding: softmax(classifier logits / T) @ normalised class-name text embeddings."""

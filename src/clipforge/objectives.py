@@ -82,7 +82,7 @@ def make_step(model: DualEncoder, data: ClassBatchData, cfg: LossConfig):
             for z in model.image_head.members_forward(data.image_feats[idx]):
                 a = torch.cat([z, z])
                 b = torch.cat([t[pos], t[neg]])
-                scores = model.similarity.pair(a, b) if hasattr(model.similarity, "pair") else (a * b).sum(-1)
+                scores = model.similarity.pair(a, b)
                 loss = loss + pair_loss(scores, labels, cfg.pair_variant, cfg.margin)
             return loss
         return step

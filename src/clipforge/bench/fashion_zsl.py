@@ -25,7 +25,7 @@ KEYS = ["unseen_top1", "unseen_mean_per_class_recall", "seen_top1", "gzsl_seen",
         "gzsl_h_uncalibrated", "linear_probe_unseen_top1"]
 
 
-def _fit_baseline(method: str, p: align.Prepared, classes: list[int], kw: dict):
+def fit_baseline(method: str, p: align.Prepared, classes: list[int], kw: dict):
     """A baseline fitted on the training images of ``classes`` -> features -> (N, n_classes) scores."""
     m = np.isin(p.train_y, classes)
     membership = p.descriptions.membership(p.vocab)
@@ -41,21 +41,19 @@ def run_method(method: str, cfg, p: align.Prepared, progress: bool = False, trai
     ``trained`` memoises (model, gamma) per split and config, so the transductive row reuses the default's model."""
     if method in BASELINES:
         kw = conse_inputs(cfg, p) if method == "conse" else {}
-        score = _fit_baseline(method, p, p.seen, kw)
+        score = fit_baseline(method, p, p.seen, kw)
         gamma = 0.0
         if method != "conse":  # fitted on seen classes: calibrate like clipforge, on pseudo splits of the seen ones
-            gamma = align.calibrate_gamma(cfg, p, scorer=lambda classes: _fit_baseline(method, p, classes, kw))
+            gamma = align.calibrate_gamma(cfg, p, scorer=lambda classes: fit_baseline(method, p, classes, kw))
         return align.evaluate_scores(score(p.test_x), p, gamma, probe=False)
     if method == "linear-probe":
         acc = linear_probe(p.train_x, p.train_y, p.test_x, p.test_y, p.unseen)
         return {"unseen_top1": acc, "setting": "supervised ceiling: trained on unseen-class labels"}
+    trained = {} if trained is None else trained
     key = (cfg.data.split_seed, cfg.model_dump_json())
-    if trained is None or key not in trained:
-        model = align.train_model(cfg, p, progress=progress)
-        value = (model, align.calibrate_gamma(cfg, p))
-        if trained is not None:
-            trained[key] = value
-    model, gamma = trained[key] if trained is not None else value
+    if key not in trained:
+        trained[key] = (align.train_model(cfg, p, progress=progress), align.calibrate_gamma(cfg, p))
+    model, gamma = trained[key]
     m = align.evaluate_model(model, p, gamma)
     if method == "clipforge-transductive":   # unseen N-way only: GZSL and seen accuracy are the inductive row's
         mu = np.isin(p.test_y, p.unseen)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clipforge.evaluate.report import setting_of
+from ..evaluate.report import setting_of
 
 SUITES = {
     "fashion-zsl": ["unseen_top1", "unseen_mean_per_class_recall", "seen_top1", "gzsl_h"],
@@ -32,8 +32,6 @@ NOT_APPLICABLE = {
 }
 
 
-_setting = setting_of
-
 
 def suite_table(data: dict) -> str:
     """Inductive rows ranked by the suite's first metric; rows of other settings (transductive, supervised
@@ -42,7 +40,7 @@ def suite_table(data: dict) -> str:
     keys = [k for k in SUITES.get(suite, []) if any(k in r.get("metrics", {}) for r in data["results"])]
     if not keys:
         keys = sorted({k for r in data["results"] for k, v in r.get("metrics", {}).items() if isinstance(v, (int, float))})[:5]
-    inductive = [r for r in data["results"] if _setting(r) == "inductive"]
+    inductive = [r for r in data["results"] if setting_of(r) == "inductive"]
     best = {k: max((r["metrics"][k] for r in inductive if isinstance(r.get("metrics", {}).get(k), (int, float))),
                    default=None) for k in keys}
     lines = [f"### {suite}  ({data.get('model', '')}; {data.get('wall_seconds', '?')} s)", "",
@@ -52,14 +50,14 @@ def suite_table(data: dict) -> str:
     def order(rows):
         return sorted(rows, key=lambda r: -(r.get("metrics", {}).get(primary) or -1)) if primary else rows
 
-    others = [r for r in data["results"] if _setting(r) != "inductive"]
+    others = [r for r in data["results"] if setting_of(r) != "inductive"]
     for i, r in enumerate([*order(inductive), *order(others)], 1):
         cells = []
         for k in keys:
             v = r.get("metrics", {}).get(k)
-            cells.append(f"**{_fmt(v)}**" if v is not None and v == best[k] and _setting(r) == "inductive" else _fmt(v))
+            cells.append(f"**{_fmt(v)}**" if v is not None and v == best[k] and setting_of(r) == "inductive" else _fmt(v))
         rank = str(i) if i <= len(inductive) else "–"
-        lines.append(f"| {rank} | {r['method']} | " + " | ".join(cells) + f" | {_setting(r)} |")
+        lines.append(f"| {rank} | {r['method']} | " + " | ".join(cells) + f" | {setting_of(r)} |")
     missing = {m: why for m, why in NOT_APPLICABLE.get(suite, {}).items()
                if m not in {r["method"] for r in data["results"]}}
     if missing:

@@ -154,6 +154,7 @@ def leaderboard(results: list[dict]) -> str:
     head = "".join(f"<th>{esc(k)}</th>" for k in ["method", *keys, *extra, *(["setting"] if show_setting else [])])
     rows = []
     for r in [*inductive, *others]:
+        is_inductive = setting_of(r) == "inductive"
         m, std = r.get("metrics") or {}, r.get("std") or {}
         cells = [f'<td class="method">{esc(r["method"])}</td>']
         for k in keys:
@@ -161,12 +162,12 @@ def leaderboard(results: list[dict]) -> str:
             txt = fmt(v) if v is not None else "&ndash;"
             if _num(std.get(k)):
                 txt += f' <span class="std">&plusmn; {std[k]:.3f}</span>'
-            b = r in inductive and _num(v) and k in best and v == best[k] and len(inductive) > 1
+            b = is_inductive and _num(v) and k in best and v == best[k] and len(inductive) > 1
             cells.append(f'<td class="{"best" if b else ""}">{txt}</td>')
         cells += [f"<td>{fmt(r.get(k), k) if r.get(k) is not None else '&ndash;'}</td>" for k in extra]
         if show_setting:
             cells.append(f'<td class="setting">{esc(setting_of(r))}</td>')
-        rows.append(f'<tr class="{"" if r in inductive else "other-setting"}">' + "".join(cells) + "</tr>")
+        rows.append(f'<tr class="{"" if is_inductive else "other-setting"}">' + "".join(cells) + "</tr>")
     return f'<table class="board"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
