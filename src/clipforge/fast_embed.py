@@ -40,6 +40,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .extras import require
+
 log = logging.getLogger("clipforge.fast_embed")
 
 BACKENDS = ("onnx-parallel", "onnx", "fused", "eager")
@@ -250,7 +252,7 @@ def _build(tower, name: str, micro_batch: int, example: torch.Tensor, digest: st
         log.debug("folded %d BatchNorms of %s", n, tower.tower_id)
         return _Torch(gm.to(memory_format=torch.channels_last), micro_batch)
     if name in ("onnx", "onnx-parallel"):
-        import onnxruntime  # noqa: F401 - fail early when it is not installed
+        require("onnxruntime", "onnx", f"the {name} embedding backend")  # fail early; auto-tuning skips it
         path = cache_dir() / f"image-{digest}-{tuple(example.shape[1:])}.onnx".replace(" ", "")
         if not path.is_file():
             export_onnx(tower, example[:2], path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .extras import MissingExtra, available
 from .testhooks import mid_write, pause_point
 
 
@@ -57,6 +59,16 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def tensorboard_writer(directory: Path):
+    """A SummaryWriter, or None with one note naming the extra when TensorBoard is not installed: curves are a
+    by-product of training, so their absence must not stop a run of the light core."""
+    if not available("tensorboard"):
+        print(f"note: {MissingExtra('training curves', 'tensorboard', 'tensorboard')}", file=sys.stderr)
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(directory))
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -90,8 +102,7 @@ class Trainer:
         self._best_pending = False
         self.writer = None
         if self.out and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.out / "tb"))
+            self.writer = tensorboard_writer(self.out / "tb")
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _checkpoint(self) -> dict:

