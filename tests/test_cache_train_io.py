@@ -59,11 +59,22 @@ def test_second_run_hits_cache_and_changed_key_recomputes(tmp_path):
 def test_corrupt_cache_entry_is_recomputed(tmp_path):
     cache = EmbeddingCache(tmp_path)
     tower = CountingTower()
-    embed_dataset(tower, _ds(), cache, progress=False)
-    for f in tmp_path.glob("*.npz"):
+    good, y = embed_dataset(tower, _ds(), cache, progress=False)
+    entries = list(tmp_path.glob("*.npz"))
+    assert entries
+    for f in entries:
         f.write_bytes(b"half a file")
-    f, _ = embed_dataset(tower, _ds(), EmbeddingCache(tmp_path), progress=False)
-    assert f.shape == (12, 3)
+    calls = tower.calls
+    again = EmbeddingCache(tmp_path)
+    f, y2 = embed_dataset(tower, _ds(), again, progress=False)
+    assert again.misses == 1 and again.hits == 0 and tower.calls > calls     # recomputed, not read back
+    np.testing.assert_allclose(f, good, rtol=0, atol=1e-6)                     # the same features as before
+    np.testing.assert_array_equal(y2, y)
+    calls = tower.calls
+    third = EmbeddingCache(tmp_path)                                          # the rewritten entry is readable
+    f3, _ = embed_dataset(tower, _ds(), third, progress=False)
+    assert third.hits == 1 and tower.calls == calls
+    np.testing.assert_array_equal(f3, f)
 
 
 def _fit(out_dir, epochs, stop_after=None, resume=False):
