@@ -38,7 +38,10 @@ def test_bad_rows_are_skipped_with_line_numbers(tmp_path):
     assert "captions.csv:6" in reasons and "fields" in reasons["captions.csv:6"]
     assert any("missing.png" in k and "not found" in v for k, v in reasons.items())
     assert len(ds.skipped) == 4
-    assert good  # the original file was valid
+    assert ds.captions == [["a red circle"], ["a red square"]]       # the good rows are read whole, extra column ignored
+    csv.write_bytes(good)                                            # the same images with the original rows: nothing skipped,
+    ds = load_caption_csv(csv)                                       # so the skips above come from the bad rows alone
+    assert len(ds) == 12 and len(ds.skipped) == 0
 
 
 def test_missing_required_column_is_one_clear_error(tmp_path):
