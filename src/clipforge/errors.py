@@ -7,3 +7,7 @@ class ClipforgeError(Exception):
 
 class ConfigError(ClipforgeError):
     """A config field is unknown, has the wrong type, or an impossible value. The message names the field."""
+
+
+class CheckpointError(ClipforgeError):
+    """A training checkpoint cannot be used: truncated, not a clipforge checkpoint, or from a different config."""

@@ -23,6 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .extras import MissingExtra, available
+from .checkpoint import UnsafeCheckpoint, keep_previous, previous_of, read_checkpoint, rng_state, set_rng_state
+from .errors import CheckpointError, ClipforgeError
 from .testhooks import mid_write, pause_point
 
 
@@ -78,6 +80,12 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _say(message: str) -> None:
+    """One line on stderr from rank 0 (under torchrun every rank resumes; one report is enough)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        tqdm.write(message, file=sys.stderr)
+
+
 class Trainer:
     def __init__(self, model: nn.Module, groups: list[ParamGroup], epochs: int, steps_per_epoch: int,
                  out_dir: str | Path | None = None, warmup_steps: int = 10, grad_clip: float = 1.0,
@@ -100,6 +108,8 @@ class Trainer:
         self.scaler = scaler  # fp16 AMP on CUDA; bf16 autocast needs none
         self.state = TrainState()
         self._best_pending = False
+        self._keep_previous = True  # off until the next save after resuming past an unreadable last.pt
+        self.resumed_from: Path | None = None
         self.writer = None
         if self.out and tensorboard:
             self.writer = tensorboard_writer(self.out / "tb")
@@ -110,31 +120,75 @@ class Trainer:
         frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
         state = {k: v for k, v in self.model.state_dict().items() if k not in frozen}
         return {"model": state, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "state": self.state.__dict__, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                                       "python": random.getstate()}}
+                "state": dict(self.state.__dict__), "rng": rng_state()}
 
     def save(self, name: str) -> None:
+        """Write ``name`` atomically; ``last.pt`` keeps its predecessor as ``prev.pt`` (the fallback of resume)."""
         if self.out:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._check_finite()
+            if name == "last.pt":
+                if self._keep_previous:
+                    keep_previous(self.out / name)
+                self._keep_previous = True
             atomic_torch_save(self._checkpoint(), self.out / name)
 
     def resume(self, name: str = "last.pt") -> bool:
-        path = self.out / name if self.out else None
-        if not path or not path.is_file():
+        """Continue from ``name`` (or, when it cannot be read, from the checkpoint before it); False if none.
+
+        A checkpoint holding Python objects is refused, never skipped: see checkpoint.py.
+        """
+        if not self.out:
             return False
-        ck = torch.load(path, weights_only=False)
-        missing, unexpected = self.model.load_state_dict(ck["model"], strict=False)
-        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        if unexpected or trainable & set(missing):
-            raise RuntimeError(f"checkpoint {path} does not match the model: missing {sorted(trainable & set(missing))[:5]}, "
-                               f"unexpected {unexpected[:5]}")
-        self.opt.load_state_dict(ck["opt"])
-        self.sched.load_state_dict(ck["sched"])
-        self.state = TrainState(**ck["state"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        np.random.set_state(ck["rng"]["numpy"])
-        random.setstate(ck["rng"]["python"])
-        return True
+        problems = []
+        for path in (self.out / name, previous_of(self.out / name)):
+            if not path.is_file():
+                continue
+            try:
+                ck = read_checkpoint(path)
+            except UnsafeCheckpoint:
+                raise
+            except CheckpointError as e:
+                problems.append(str(e))
+                continue
+            self._restore(ck, path)
+            self.resumed_from = path
+            if problems:
+                _say(f"warning: {problems[0]}; resuming from the previous checkpoint {path.name} instead")
+                self._keep_previous = False  # the next last.pt must not push the good prev.pt out
+            return True
+        if problems:
+            raise CheckpointError(f"{problems[0]}; there is no earlier checkpoint to fall back on: delete it to "
+                                  "start again, or run without --resume")
+        return False
+
+    def _restore(self, ck: dict, path: Path) -> None:
+        try:
+            missing, unexpected = self.model.load_state_dict(ck["model"], strict=False)
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            if unexpected or trainable & set(missing):
+                raise CheckpointError(f"checkpoint '{path}' does not match the model: missing "
+                                      f"{sorted(trainable & set(missing))[:5]}, unexpected {unexpected[:5]}")
+            self.opt.load_state_dict(ck["opt"])
+            self.sched.load_state_dict(ck["sched"])
+            self.state = TrainState(**ck["state"])
+            set_rng_state(ck["rng"])
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint '{path}' does not fit this run (was the config changed since it was "
+                                  f"written?): {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+
+    def _check_finite(self, loss: float | None = None) -> None:
+        """Stop before a diverged model is saved: a NaN model gives chance accuracy and looks like a result."""
+        where = f"epoch {self.state.epoch + 1}, step {self.state.step}"
+        if loss is not None and not math.isfinite(loss):
+            raise ClipforgeError(f"training diverged: the loss is {loss} at {where}; nothing more was saved. "
+                                 "Lower the learning rate (train.lr) or raise train.warmup_steps")
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            raise ClipforgeError(f"training diverged: weights {bad[:3]} are not finite at {where}; nothing more was "
+                                 "saved. Lower the learning rate (train.lr) or raise train.warmup_steps")
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, batches: Callable[[int], Iterable], step_fn: Callable[[object], torch.Tensor],
@@ -146,7 +200,11 @@ class Trainer:
         ``on_step(step)`` runs after every optimizer step (e.g. to log a similarity heatmap to ``self.writer``).
         """
         if resume:
-            self.resume()
+            if self.resume():
+                _say(f"resumed from {self.resumed_from}: epoch {self.state.epoch} of {self.epochs} done, "
+                     f"step {self.state.step}")
+            elif self.out:
+                _say(f"no checkpoint in {self.out}: starting from the beginning")
         bar = tqdm(total=self.epochs, initial=self.state.epoch, desc="train", unit="epoch", disable=not self.progress,
                    leave=False)
         while self.state.epoch < self.epochs:
@@ -156,6 +214,9 @@ class Trainer:
             for batch in batches(self.state.epoch):
                 self.opt.zero_grad(set_to_none=True)
                 loss = step_fn(batch)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    self._check_finite(value)
                 if loss.requires_grad:  # a loss without a graph means step_fn did its own backward (gradient caching)
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                 if self.scaler:
@@ -172,7 +233,7 @@ class Trainer:
                 if STEP_DELAY:
                     time.sleep(STEP_DELAY)
                 pause_point("step")  # test hook (tests/test_crash.py)
-                losses.append(float(loss.detach()))
+                losses.append(value)
                 if self.writer and self.state.step % self.log_every == 0:
                     self.writer.add_scalar("train/loss", losses[-1], self.state.step)
                     for g in self.opt.param_groups:
@@ -182,6 +243,7 @@ class Trainer:
             record = {"epoch": self.state.epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                       "seconds": time.perf_counter() - t_epoch}  # the epoch's steps (data, forward, backward, update)
             self.state.epoch += 1
+            self._check_finite()
             if eval_fn is not None:
                 self.model.eval()
                 record["val"] = float(eval_fn())
