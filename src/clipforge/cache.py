@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .data.dataset import ClassDataset, SkipReport
 from .data.images import load_image
+from .files import user_mode
 from .fast_embed import MIN_ITEMS, fast_encoder, requested_backend
 from .testhooks import mid_write
 from .towers.base import ImagePreprocess, Tower
@@ -37,6 +38,7 @@ def atomic_save_npz(path: Path, **arrays) -> None:
             np.savez(mid_write(f, "cache-write"), **arrays)  # test hook: may pause part-way (tests/test_crash.py)
             f.flush()
             os.fsync(f.fileno())
+        user_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

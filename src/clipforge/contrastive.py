@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .extras import require
 from .distributed import gather_no_grad
 from .losses import clip_loss, gather_with_grad, pair_loss, siglip_loss
 
@@ -145,7 +146,7 @@ class ContrastiveObjective(nn.Module):
 
 def kornia_augment(size: int) -> nn.Module:
     """Light augmentation for small data, applied to the normalised batch (kornia: no torchvision needed)."""
-    import kornia.augmentation as K
+    K = require("kornia.augmentation", "augment", "image augmentation (train.augment)")
     return nn.Sequential(K.RandomResizedCrop((size, size), scale=(0.7, 1.0), ratio=(0.85, 1.18)),
                          K.RandomHorizontalFlip(),
                          K.RandomAffine(degrees=10, p=0.5))

@@ -35,6 +35,7 @@ from .data.captions import folds, load_caption_source
 from .errors import ClipforgeError
 from .heads import Projection
 from .losses import distill_loss
+from .paths import features_cache
 from .towers.base import Tower
 from .train import ParamGroup, Trainer, seed_everything
 
@@ -158,7 +159,7 @@ class DistillConfig(Strict):
     student: StudentConfig = StudentConfig()
     train: DistillTrainConfig = DistillTrainConfig()
     out: str = "runs/distill"
-    cache_dir: str = ".cache/clipforge"
+    cache_dir: str = Field(default_factory=features_cache, description="embedding cache (default: the user cache dir)")
 
 
 # -- parallel text -------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ EXTRAS = {
     "onnx": ("onnx", "onnxruntime"),
     "tensorboard": ("tensorboard",),
     "scale": ("webdataset", "img2dataset"),
+    "augment": ("kornia", "kornia-rs"),
 }
 
 

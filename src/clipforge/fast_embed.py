@@ -40,7 +40,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from . import paths
 from .extras import require
+from .files import user_mode
 
 log = logging.getLogger("clipforge.fast_embed")
 
@@ -54,7 +56,7 @@ TOLERANCE = 1e-3        # a backend must match eager to this (relative to the la
 # -- where things are kept -------------------------------------------------------------------------------------
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CLIPFORGE_FAST_CACHE") or Path.home() / ".cache" / "clipforge" / "fast-embed")
+    return paths.cache_dir("fast-embed")
 
 
 def machine_key() -> str:
@@ -91,6 +93,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        user_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import HeadConfig
 from .errors import ClipforgeError
+from .files import user_mode
 from .heads import CosineSimilarity, HeadEnsemble, LabelBridge, Projection, SiameseSimilarity, blend
 from .towers import Tower, build_tower
 
@@ -134,6 +135,7 @@ class DualEncoder(nn.Module):
             unique[k] = v.clone()
         tmp = d / (WEIGHTS + ".tmp")
         save_file(unique, str(tmp))
+        user_mode(tmp)
         tmp.replace(d / WEIGHTS)
         (d / CONFIG).write_text(json.dumps(cfg, indent=2))
         return d

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import ClipforgeError
+from ..paths import features_cache
 from . import app, bench_app, friendly
 
 index_app = typer.Typer(no_args_is_help=True, help="A FAISS + SQLite index over an image collection.")
@@ -42,13 +43,14 @@ def index_build(source: Path = typer.Argument(..., help="an image folder, or a c
                 out: Path = typer.Option(..., "--out", "-o", help="the index folder (replaced atomically if it exists)"),
                 kind: str = typer.Option("auto", help="auto (by size), flat (exact), hnsw or ivf"),
                 param: List[str] = typer.Option([], "--param", "-p", help="index parameter, e.g. M=32, efSearch=128, nlist=4096, nprobe=32"),
-                cache_dir: Path = typer.Option(Path(".cache/clipforge"), help="embedding cache"),
+                cache_dir: Optional[Path] = typer.Option(None, help="embedding cache (default: the user cache dir)"),
                 batch_size: int = typer.Option(64, min=1), workers: int = typer.Option(2, min=1, help="decoding threads"),
                 quiet: bool = typer.Option(False, help="no progress bar")):
     """Embed every image of SOURCE with the model and write a searchable index."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..index import ImageIndex
-    ix = ImageIndex.build(source, model, out, kind, _params(param), cache_dir, batch_size, workers, not quiet)
+    ix = ImageIndex.build(source, model, out, kind, _params(param), cache_dir or features_cache(), batch_size, workers,
+                          not quiet)
     typer.echo(f"{out}: {ix.report.summary()}")
     _print_skipped(ix.report.skipped)
 
@@ -58,13 +60,14 @@ def index_build(source: Path = typer.Argument(..., help="an image folder, or a c
 def index_add(index: Path = typer.Argument(..., help="an index folder"),
               source: Path = typer.Argument(..., help="an image folder or caption CSV"),
               model: Optional[Path] = typer.Option(None, "--model", "-m", help="default: the index's own model"),
-              cache_dir: Path = typer.Option(Path(".cache/clipforge")), batch_size: int = typer.Option(64, min=1),
+              cache_dir: Optional[Path] = typer.Option(None, help="embedding cache (default: the user cache dir)"),
+              batch_size: int = typer.Option(64, min=1),
               workers: int = typer.Option(2, min=1), quiet: bool = typer.Option(False)):
     """Add the images of SOURCE that are not in the index yet (by content), as a new version of the index."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..index import ImageIndex
     ix = ImageIndex.load(index, model=model)
-    report = ix.add(source, cache_dir=cache_dir, batch_size=batch_size, workers=workers, progress=not quiet)
+    report = ix.add(source, cache_dir=cache_dir or features_cache(), batch_size=batch_size, workers=workers, progress=not quiet)
     typer.echo(f"{index}: {report.summary()}")
     _print_skipped(report.skipped)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ClipforgeError
+from ..paths import cache_dir
 from .dataset import ClassDataset
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -34,7 +35,7 @@ def read_idx(path: Path) -> np.ndarray:
 def find_root(root: str | Path | None = None) -> Path:
     """The packaged copy first, then ``$CLIPFORGE_DATA/fashion-mnist``, downloading there as a last resort."""
     candidates = [Path(root)] if root else []
-    candidates += [PACKAGED_DIR, Path(os.environ.get("CLIPFORGE_DATA", "~/.cache/clipforge/data")).expanduser() / "fashion-mnist"]
+    candidates += [PACKAGED_DIR, cache_dir("data") / "fashion-mnist"]
     for c in candidates:
         if all((c / f).is_file() for pair in FILES.values() for f in pair):
             return c

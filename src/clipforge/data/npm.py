@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClipforgeError
+from ..paths import cache_dir
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("CLIPFORGE_DATA") or Path.home() / ".cache" / "clipforge" / "data")
+    return cache_dir("data")
 
 
 @dataclass(frozen=True)

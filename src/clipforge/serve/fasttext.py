@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ClipforgeError
 from ..extras import require
+from ..paths import cache_dir
 
 log = logging.getLogger("clipforge.serve")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -35,7 +36,7 @@ class _Wrap(torch.nn.Module):
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("CLIPFORGE_ONNX_CACHE", Path.home() / ".cache" / "clipforge" / "onnx"))
+    return cache_dir("onnx")
 
 
 def export_text_tower(tower, path: Path) -> Path:

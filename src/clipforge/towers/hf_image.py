@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ClipforgeError
 from .base import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, Tower
+from .loading import local_load
 
 
 def _processor_settings(path: str) -> dict:
@@ -31,6 +32,7 @@ class HFImageTower(Tower):
     def __init__(self, name_or_path: str, image_size: int | None = None, invert: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel
+        local_load(name_or_path)
         if os.path.isdir(name_or_path):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:

@@ -6,18 +6,17 @@ output, and the same class loads any ``hf:<hub id or local dir>`` text model.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ClipforgeError
 from .base import Tower
+from .loading import local_load
 
 
 def _offline_if_local(path: str) -> None:
-    if os.path.isdir(path):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    local_load(path)
 
 
 class HFTextTower(Tower):
