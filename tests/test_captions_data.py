@@ -1,4 +1,6 @@
 """Caption CSVs and the Tux Paint source: bad rows are skipped with their line numbers, never fatal."""
+from pathlib import Path
+
 import pytest
 
 from clipforge.data.captions import folds, load_caption_csv, load_caption_source
@@ -141,3 +143,36 @@ def test_packaged_emoji_set():
     ds = load_caption_source("emoji")
     assert len(ds) == 1911 and ds.captions[0] == ["grinning face"]     # DESIGN.md: 1,911 images
     assert len(ds.in_language("zh")) > 1800
+
+
+def _unclosed_quote_csv(root):
+    csv = make_caption_set(root, copies=1)
+    csv.write_bytes(b"filename,caption\n"
+                    b"red_circle_0.png,a red circle\n"                           # line 2: good
+                    b'red_square_0.png,"a red square whose quote is left open\n'  # line 3: the open quote
+                    b"green_circle_0.png,a green circle\n"                       # line 4: a row of its own
+                    b'blue_square_0.png,"a blue square, quoted"\n'               # line 5: a quote that would close it
+                    b'yellow_circle_0.png,"a yellow circle,\n'                   # line 6: a caption on two lines ...
+                    b'round and yellow"\n')                                      # ... line 7
+    return csv
+
+
+def test_a_quote_left_open_is_reported_and_the_next_row_is_still_read(tmp_path):
+    """The quote opened on line 3 ends where line 4 begins a row (an existing file, a comma): line 3 is reported,
+    line 4 and every later row are read (before, line 4 and half of line 5 became line 3's caption, unreported)."""
+    ds = load_caption_csv(_unclosed_quote_csv(tmp_path))
+    caps = {p.name: c for p, c in zip(ds.paths, ds.captions)}
+    assert caps == {"red_circle_0.png": ["a red circle"], "green_circle_0.png": ["a green circle"],
+                    "blue_square_0.png": ["a blue square, quoted"],
+                    "yellow_circle_0.png": ["a yellow circle, round and yellow"]}     # multi-line captions still work
+    reasons = dict(ds.skipped.items)
+    assert list(reasons) == ["captions.csv:3"] and "never closed before the next row (line 4)" in reasons["captions.csv:3"]
+
+
+def test_the_index_csv_reader_ends_an_open_quote_the_same_way(tmp_path):
+    from clipforge.index.sources import list_source
+    items, problems = list_source(_unclosed_quote_csv(tmp_path))
+    names = {Path(it.path).name: it.caption for it in items}
+    assert names == {"red_circle_0.png": "a red circle", "green_circle_0.png": "a green circle",
+                     "blue_square_0.png": "a blue square, quoted", "yellow_circle_0.png": "a yellow circle, round and yellow"}
+    assert [item for item, _ in problems] == ["captions.csv:3"]

@@ -3,7 +3,9 @@
 Where captions come from:
 * a CSV ``filename,caption`` (the seed "Contrastive" layout ``datasets/{train,valid}/images`` +
   ``captions.csv``), parsed line by line (a quoted caption may span lines) so one bad row (bad encoding, empty caption, missing file,
-  extra fields) is skipped and reported with its line number instead of failing the whole file;
+  extra fields, a quote never closed) is skipped and reported with its line number instead of failing the whole file;
+  a quote left open ends at the next line that begins with an existing image file and a comma (that line is a
+  row of its own, not more caption);
 * packaged sources in ``tux_paint.py`` and ``emoji.py``.
 
 Several rows with the same filename give that image several captions; retrieval counts a hit when any
@@ -124,7 +126,7 @@ def load_caption_csv(csv_path: str | Path, images_dir: str | Path | None = None,
                              f"(header: {header}); the first line must name the columns, e.g. 'filename,caption'")
     fi, ci = header.index("filename"), header.index("caption")
     by_file: dict[str, list[str]] = {}
-    for no, row in _rows(lines[1:], report, csv_path.name):
+    for no, row in _rows(lines[1:], report, csv_path.name, row_starts(fi, (images_dir,))):
         if len(row) != len(header):
             report.add(f"{csv_path.name}:{no}", f"has {len(row)} fields, the header has {len(header)}; quote captions that contain commas")
             continue
@@ -160,12 +162,33 @@ def _open_quote(text: str) -> bool:
     return False
 
 
-def _rows(lines: list[tuple[int, str]], report: SkipReport, where: str):
+def row_starts(file_column: int, roots: tuple[Path, ...]):
+    """-> ``starts(line)``: does this physical line begin a new row, i.e. does its file column name a file that
+    exists (absolute, or under one of ``roots``)? Used to end a quote left open on the line before it."""
+    def starts(text: str) -> bool:
+        try:
+            fields = next(csv.reader([text]), [])
+        except csv.Error:
+            return False
+        if file_column >= len(fields) or len(fields) < 2 or not fields[file_column].strip():
+            return False
+        name = Path(fields[file_column].strip())
+        try:
+            return any(p.is_file() for p in ([name] if name.is_absolute() else [r / name for r in roots]))
+        except (OSError, ValueError):                                   # a name too long, a NUL byte
+            return False
+    return starts
+
+
+def _rows(lines: list[tuple[int, str]], report: SkipReport, where: str, starts=None):
     """csv rows with the line number they start on; a row the csv module cannot parse is reported.
 
-    A quoted field may span lines (as csv.writer writes a caption with a newline); a quote that is still open
-    after MAX_ROW_LINES lines is reported on its first line, which is skipped, and reading goes on after it.
+    A quoted field may span lines (as csv.writer writes a caption with a newline). A quote still open at a line's
+    end is a missing '"' instead when the next line begins a row of its own (``starts``: its file column names an
+    existing file), or when it is still open after MAX_ROW_LINES lines: the row is reported on its first line and
+    skipped, and reading goes on with the next line, so no row after it is swallowed into its caption.
     """
+    starts = starts or (lambda text: False)
     i = 0
     while i < len(lines):
         no, text = lines[i]
@@ -174,11 +197,12 @@ def _rows(lines: list[tuple[int, str]], report: SkipReport, where: str):
             continue
         if _open_quote(text):
             j, joined = i, text
-            while j < len(lines) and j - i < MAX_ROW_LINES and _open_quote(joined):
+            while j < len(lines) and j - i < MAX_ROW_LINES and _open_quote(joined) and not starts(lines[j][1]):
                 joined += "\n" + lines[j][1]
                 j += 1
             if _open_quote(joined):
-                report.add(f"{where}:{no}", "a quoted field is never closed (missing '\"'?)")
+                nxt = f" before the next row (line {lines[j][0]})" if j < len(lines) and starts(lines[j][1]) else ""
+                report.add(f"{where}:{no}", f"a quoted field is never closed{nxt} (missing '\"'?); the row is skipped")
                 continue
             text, i = joined, j
         try:
