@@ -1,6 +1,6 @@
 """Seen-only model selection for the Fashion-MNIST zero-shot default (issue 8): which input size for the image tower.
 
-For every protocol split (DESIGN.md section 4), pseudo-unseen splits of its SEEN classes (``align.pseudo_splits``,
+For every protocol split (docs/benchmarks.md), pseudo-unseen splits of its SEEN classes (``align.pseudo_splits``,
 ``--pseudo`` of them): a one-head model is trained on the remaining seen classes and classifies the training
 images of the pseudo-unseen classes N-way among them. The real unseen classes are never trained on or scored,
 so the choice cannot look at them. The score of a candidate is the mean over splits x pseudo splits.

@@ -76,7 +76,7 @@ def test_stamp_text_parsing():
 
 def test_tux_paint_source_skips_mirrors_and_uncaptioned():
     ds = load_tux_paint()
-    assert len(ds) == 785                       # DESIGN.md: 785 captioned PNGs
+    assert len(ds) == 785                       # the packaged set: 785 captioned PNGs
     assert not any("_mirror" in p.name for p in ds.paths)
     assert all(len(c) == 1 and c[0] for c in ds.captions)
     zh = ds.in_language("zh")
@@ -141,7 +141,7 @@ def test_emoji_source_from_npm_tarballs(tmp_path):
 
 def test_packaged_emoji_set():
     ds = load_caption_source("emoji")
-    assert len(ds) == 1911 and ds.captions[0] == ["grinning face"]     # DESIGN.md: 1,911 images
+    assert len(ds) == 1911 and ds.captions[0] == ["grinning face"]     # the packaged set: 1,911 images
     assert len(ds.in_language("zh")) > 1800
 
 

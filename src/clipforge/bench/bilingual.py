@@ -1,5 +1,5 @@
 """Bilingual benchmarks: Tux Paint retrieval with zh_CN captions beside English, Fashion-MNIST zero-shot with Chinese
-class names beside English. The clipforge default is the first row of ``results`` (DESIGN.md section 4).
+class names beside English. The clipforge default is the first row of ``results`` (docs/benchmarks.md).
 
 ``tux-retrieval-zh``: the SAME 5 folds as ``bench tux-retrieval`` (over the 785 captioned stamps, seed 0); each
 method trains once per fold on the four training folds and is evaluated on the held-out fold twice: with the
@@ -261,7 +261,7 @@ def _fashion_lang_metrics(model, p, image_emb: np.ndarray, names: list[str], tem
 
 def run_fashion_zsl_zh(out: str | Path, methods: list[str], overrides: list[str] = (), splits=FASHION_SPLITS,
                        progress: bool = False) -> Path:
-    """DESIGN.md's Fashion-MNIST protocol (5 splits, seen-class training on the packaged English descriptions);
+    """The Fashion-MNIST protocol of docs/benchmarks.md (5 splits, seen-class training on the packaged English descriptions);
     at test time the unseen classes are named in English (en templates) and in Chinese (zh templates)."""
     from .. import align
     from ..config import load_config

@@ -1,4 +1,4 @@
-"""Fashion-MNIST zero-shot protocol (DESIGN.md section 4): 5 fixed 7/3 splits, seen-only training.
+"""Fashion-MNIST zero-shot protocol (docs/benchmarks.md): 5 fixed 7/3 splits, seen-only training.
 
 Features are embedded once (the cache makes splits 2-5 free); each method then trains and is
 evaluated on every split. The clipforge default is the first row of ``results``.

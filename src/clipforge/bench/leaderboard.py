@@ -1,6 +1,6 @@
 """One leaderboard over every suite: ``clipforge bench all`` runs them, then writes leaderboard.md + report.html.
 
-Each suite writes its own JSON (clipforge first, DESIGN.md section 4); this module only reads them and puts
+Each suite writes its own JSON (clipforge first, docs/benchmarks.md); this module only reads them and puts
 every method side by side on the suite's headline metrics, best value in bold, with the JSON's wall time.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MNIST by text prompts (DESIGN.md section 4): CLIPs trained from scratch, 10-way zero-shot-style
+"""MNIST by text prompts (docs/benchmarks.md): CLIPs trained from scratch, 10-way zero-shot-style
 classification of the held-out digits against each digit's prompt ensemble.
 
 Methods (the clipforge default first):

@@ -1,4 +1,4 @@
-"""Tux Paint retrieval protocol (DESIGN.md section 4): 5 folds of the captioned stamps by a fixed seed; train on
+"""Tux Paint retrieval protocol (docs/benchmarks.md): 5 folds of the captioned stamps by a fixed seed; train on
 four, R@1/5/10 both ways and MR on the fifth. Methods share towers and cached features; clipforge is row 1.
 
 ``seed-contrastive`` re-creates the seed "Contrastive" objective on the same towers: a linear image

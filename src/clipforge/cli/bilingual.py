@@ -125,7 +125,7 @@ def bench_fashion_zh(out: Path = typer.Option(Path("benchmarks/results"), help="
                      set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
                      methods: str = typer.Option("clipforge,use-m3,minilm-english", help="comma-separated methods"),
                      splits: str = typer.Option("0,1,2,3,4", help="comma-separated split seeds")):
-    """Fashion-MNIST zero-shot (DESIGN.md splits) with Chinese class names beside English."""
+    """Fashion-MNIST zero-shot (the docs/benchmarks.md splits) with Chinese class names beside English."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..bench.bilingual import run_fashion_zsl_zh
     path = run_fashion_zsl_zh(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_),

@@ -86,7 +86,7 @@ class CaptionDataset:
 
 
 def folds(n: int, k: int = 5, seed: int = 0) -> list[np.ndarray]:
-    """``k`` disjoint held-out index sets covering ``range(n)``, from a fixed seed (DESIGN.md section 4)."""
+    """``k`` disjoint held-out index sets covering ``range(n)``, from a fixed seed (docs/benchmarks.md)."""
     order = np.random.RandomState(seed).permutation(n)
     return [np.sort(order[i::k]) for i in range(k)]
 
