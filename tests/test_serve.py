@@ -23,7 +23,7 @@ from clipforge.similarity import Similarity
 def served():
     index_dir, coll = useutil.shared_index()
     app = create_app(index_dir, ServeSettings())
-    return TestClient(app, raise_server_exceptions=False), coll, app
+    return TestClient(app, raise_server_exceptions=False, base_url="http://localhost"), coll, app
 
 
 def _png(path) -> bytes:
@@ -212,7 +212,7 @@ def test_onnx_text_runtime_gives_the_torch_numbers(tmp_path, monkeypatch):
     texts = ["a circle", "a very long query about a small red triangle lying on a wooden table at night", "一个圆形", "x"]
     np.testing.assert_allclose(fast(texts), slow(texts), atol=2e-5)
     index_dir, _ = useutil.shared_index()
-    client = TestClient(create_app(index_dir, ServeSettings(text_runtime="onnx")))
+    client = TestClient(create_app(index_dir, ServeSettings(text_runtime="onnx")), base_url="http://localhost")
     assert client.get("/api/health").json()["text_runtime"] == "onnx"
     res = client.get("/api/search/text", params={"q": "a square", "k": 3}).json()["results"]
     assert [r["id"] for r in res] == [h.id for h in ImageIndex.load(index_dir).search_text("a square", 3)]

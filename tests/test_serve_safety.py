@@ -17,7 +17,7 @@ LIMIT = 64 * 1024
 def env():
     index_dir, coll = useutil.shared_index()
     app = create_app(index_dir, ServeSettings(max_upload_bytes=LIMIT, max_pixels=1_000_000))
-    return TestClient(app, raise_server_exceptions=False), coll, app
+    return TestClient(app, raise_server_exceptions=False, base_url="http://localhost"), coll, app
 
 
 def _png_bytes(w, h, color=255) -> bytes:

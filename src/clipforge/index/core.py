@@ -8,7 +8,8 @@ Layout of an index directory::
 
 A build or an add writes a complete new version under a temporary name, renames it, and only then points
 CURRENT at it, so a crash at any moment leaves the previous version live and loadable (and the next build
-sweeps the half-written folder away): versions.py. Embeddings of the image tower go through the embedding cache
+sweeps the half-written folder away); an open ImageIndex holds its version (a shared lock) until ``close``, so
+no writer deletes it while it is read: versions.py. A long-lived reader follows CURRENT with live.py. Embeddings of the image tower go through the embedding cache
 in chunks, so a crashed build that is run again recomputes only the chunks it had not finished: embedding.py.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import shutil
 import time
 import uuid
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from . import ann
 from .embedding import digest_items, embed_items
 from .sources import list_source
 from .store import MetaStore, Record
-from .versions import CURRENT, check_target, current_dir, publish, sweep_stale, write_lock
+from .versions import CURRENT, check_target, collect, current_dir, hold, publish, release, sweep_stale, write_lock
 
 FORMAT = "clipforge-index/1"
 MANIFEST, VECTORS, META = "manifest.json", "vectors.faiss", "meta.sqlite"
@@ -106,10 +108,29 @@ def _load_model(model):
 class ImageIndex:
     """Search an image collection by text or by image. Build with ``ImageIndex.build``, open with ``load``."""
 
-    def __init__(self, root: Path, version: Path, manifest: dict, index, store: MetaStore, model=None):
+    def __init__(self, root: Path, version: Path, manifest: dict, index, store: MetaStore, model=None,
+                 lock: int | None = None):
         self.root, self.version, self.manifest = root, version, manifest
         self.ann, self.store, self._model = index, store, model
         self.spec = ann.AnnSpec(manifest["ann"]["kind"], dict(manifest["ann"]["params"]))
+        self.search_params: dict | None = None
+        # The version's reader lock goes with this object: close() lets it go, and so does garbage collection
+        # (a server that switched to a newer version drops the old one when its last request is done).
+        self._lock = lock
+        self._release = weakref.finalize(self, release, lock)
+
+    def close(self) -> None:
+        """Let go of this version (its SQLite connection of this thread and its reader lock), so a writer can
+        remove it once it is no longer live; searching afterwards is an error."""
+        self.store.close()
+        self._release()
+        collect(self.root)
+
+    def __enter__(self) -> "ImageIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- opening ------------------------------------------------------------------------------------------
     @classmethod
@@ -117,14 +138,25 @@ class ImageIndex:
         """Open the live version. ``model``: a DualEncoder or model dir (default: the one the index was built
         with, loaded on first use); ``search_params``: e.g. ``{"efSearch": 128}`` or ``{"nprobe": 64}``."""
         root = Path(path)
-        version = current_dir(root)
-        if version is None:
-            raise ClipforgeError(f"'{root}' is not a clipforge index (no {CURRENT}); build one with 'clipforge index build'")
-        manifest = json.loads((version / MANIFEST).read_text())
-        if manifest.get("format") != FORMAT:
-            raise ClipforgeError(f"index '{root}' has format {manifest.get('format')!r}; this clipforge reads {FORMAT}")
-        index = ann.read(version / VECTORS)
-        self = cls(root, version, manifest, index, MetaStore(version / META, readonly=True))
+        for _ in range(20):  # a writer may collect the version between reading CURRENT and locking it: read again
+            version = current_dir(root)
+            if version is None:
+                raise ClipforgeError(f"'{root}' is not a clipforge index (no {CURRENT}); build one with 'clipforge index build'")
+            lock = hold(version)
+            if lock is not None:
+                break
+        else:  # pragma: no cover - twenty versions published while this one opened
+            raise ClipforgeError(f"index '{root}' changes faster than it can be opened; try again")
+        try:
+            manifest = json.loads((version / MANIFEST).read_text())
+            if manifest.get("format") != FORMAT:
+                raise ClipforgeError(f"index '{root}' has format {manifest.get('format')!r}; this clipforge reads {FORMAT}")
+            index = ann.read(version / VECTORS)
+        except BaseException:
+            release(lock)
+            raise
+        self = cls(root, version, manifest, index, MetaStore(version / META, readonly=True), lock=lock)
+        self.search_params = dict(search_params) if search_params else None
         if search_params:
             allowed = ann.SEARCH_PARAMS[self.spec.kind]
             bad = sorted(set(search_params) - set(allowed))
@@ -259,7 +291,7 @@ class ImageIndex:
             live = current_dir(self.root)
             if live != self.version:  # someone else published meanwhile: continue from theirs
                 fresh = ImageIndex.load(self.root, search_params=None)
-                self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_model"})
+                self._swap(fresh)
             hashes_todo, skipped, _ = digest_items(items, {}, workers)
             known = self.store.by_hash([sha for _, sha, _ in hashes_todo])
             todo = [t for t in hashes_todo if t[1] not in known]
@@ -280,11 +312,18 @@ class ImageIndex:
             self._write_new(self.root, vecs, recs, problems + skipped + bad, spec, self.manifest["model"], requested,
                             self.manifest.get("sources", []) + [str(Path(source).resolve())], base=self.version,
                             index=index, first_id=len(self), created=self.manifest.get("created"))
-        fresh = ImageIndex.load(self.root)
-        self.store.close()
-        self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_model"})
+        self._swap(ImageIndex.load(self.root))
+        collect(self.root)  # the version this object held until now, unless another reader still holds it
         return BuildReport(str(self.root), len(recs), len(self), spec.kind, spec.params,
                            problems + skipped + bad, already, time.time() - t0)
+
+    def _swap(self, fresh: "ImageIndex") -> None:
+        """Become ``fresh`` (a newer version), letting go of the version held until now."""
+        self.store.close()
+        self._release()
+        self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k not in ("_model", "_release")})
+        fresh._release.detach()
+        self._release = weakref.finalize(self, release, self._lock)
 
     # -- reading ------------------------------------------------------------------------------------------
     def records(self, ids) -> dict[int, Record]:
@@ -300,6 +339,11 @@ class ImageIndex:
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Nearest images of each query embedding, best first (score = cosine similarity)."""
         q = np.atleast_2d(np.asarray(queries, np.float32))
+        if len(self) == 0:
+            n = len(self.skipped())
+            raise ClipforgeError(f"index '{self.root}' holds no images yet" + (f" (all {n} files were skipped: "
+                                 f"'clipforge index info {self.root} --skipped' says why)" if n else "")
+                                 + f"; add some with 'clipforge index add {self.root} FOLDER'")
         if q.shape[1] != self.dim:
             raise ClipforgeError(f"query vectors have width {q.shape[1]}, the index {self.dim}")
         k = max(1, min(int(k), len(self) or 1))

@@ -40,6 +40,7 @@ class Record:
 
 
 COLUMNS = "id, path, caption, width, height, bytes, sha256"
+MAX_ID = 2 ** 63 - 1  # SQLite's largest INTEGER: a larger id is in no index (and would overflow the driver)
 
 
 class MetaStore:
@@ -71,7 +72,7 @@ class MetaStore:
         return self._conn().execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
     def get(self, ids) -> dict[int, Record]:
-        ids = [int(i) for i in ids]
+        ids = [i for i in (int(i) for i in ids) if 0 <= i <= MAX_ID]
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))

@@ -3,18 +3,26 @@
 ``create_app(index)`` returns a FastAPI app (OpenAPI docs at /docs); ``clipforge serve INDEX`` runs it with
 uvicorn on 127.0.0.1. The page at / (static/index.html + app.js, no build step) uses the same JSON API.
 
-Safety rules, each with a test in tests/test_serve_safety.py:
+Safety rules, each with a test in tests/test_serve_safety.py or tests/test_serve_hardening.py:
   * request bodies over ``max_upload_bytes`` get 413 (uploads.BodyLimit);
   * a non-image upload gets 415, an undecodable image 422, each with a message;
-  * images over ``max_pixels`` (decompression bombs) get 413 before they are decoded;
-  * thumbnails are served only for ids in the index: the client names an id, never a path;
+  * images over ``max_pixels`` (decompression bombs), over ``max_aspect`` or over ``max_decoded_mb`` decoded are
+    refused before they are decoded, and at most ``decode_workers`` images are decoded at once (decode.py);
+  * a request whose Host header is not an allowed name gets 400 (Starlette's TrustedHostMiddleware; by default the
+    loopback names, so a page on another origin cannot reach a local server by DNS rebinding);
+  * thumbnails are served only for ids in the index: the client names an id (0 .. 2^63-1), never a path;
   * any unexpected error answers a generic 500 JSON body: no stack trace, no internal path.
+
+The index is followed live (index/live.py): an ``index add`` from another process is served from the next
+request on. The API pages (/docs, /redoc) load their scripts from this server (the assets of the pinned
+fastapi-offline package), so they work with no network.
 """
 from __future__ import annotations
 
 import io
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +32,20 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..data.descriptions import ClassDescriptions, DEFAULT_TEMPLATES
-from ..data.images import load_image
+from ..data.images import MAX_PIXELS
 from ..errors import ClipforgeError
 from ..evaluate.zeroshot import ZeroShotClassifier
-from ..index import ImageIndex
+from ..index import ImageIndex, LiveIndex
+from ..index.store import MAX_ID
 from ..similarity import Image as ImageItem
 from ..similarity import Similarity
 from ..similarity import Text as TextItem
 from .batcher import LRU, BatchRunner
+from .decode import DecodeLimits, DecodeRefused, decode_bounded
+from .docs import add_offline_docs
 from .fasttext import text_encoder
 from .uploads import BodyLimit, decode_upload
 
@@ -47,6 +59,7 @@ _LABEL_SPLIT = re.compile(r"[,\n;，、；]+")
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
                                            "script-src 'self'; object-src 'none'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 @dataclass
@@ -63,6 +76,14 @@ class ServeSettings:
     text_workers: int = 2        # batches embedded at the same time, each in its own thread (~ one per core)
     text_runtime: str = "auto"   # text tower on 'onnx' (ONNX Runtime), 'torch', or 'auto' (onnx when installed)
     thumbnail_cache: int = 2048
+    allowed_hosts: tuple = LOCAL_HOSTS  # Host header names served ("*": any); `clipforge serve` picks by bind address
+    max_aspect: float = 50.0     # longer side over shorter side, from the header
+    max_decoded_mb: int = 128    # memory a decoded upload may take (PIL's layout), from the header
+    decode_workers: int = 2      # images decoded (and embedded) at the same time
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(max_pixels=self.max_pixels, max_aspect=self.max_aspect,
+                            max_decoded_bytes=int(self.max_decoded_mb * 1024 * 1024))
 
 
 def templates_for(label: str) -> list[str]:
@@ -95,10 +116,18 @@ def _hit_json(h) -> dict:
 def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = None, model=None) -> FastAPI:
     """The app over an index (an ImageIndex or its folder). ``model`` defaults to the index's own model."""
     s = settings or ServeSettings()
-    idx = index if isinstance(index, ImageIndex) else ImageIndex.load(index, model=model)
+    if isinstance(index, LiveIndex):
+        index = index.current()
+    first = index if isinstance(index, ImageIndex) else ImageIndex.load(index, model=model)
     if model is not None and isinstance(index, ImageIndex):
-        idx.use_model(model)
-    m = idx.model
+        first.use_model(model)
+    m = first.model
+    idx = LiveIndex(first)
+    limits = s.decode_limits()
+    # Thumbnails decode the operator's own indexed files: only their memory is bounded, shrunk early to the size out.
+    thumb_limits = DecodeLimits(max_pixels=MAX_PIXELS, max_aspect=float("inf"), max_decoded_bytes=4 * MAX_PIXELS,
+                                keep_pixels=4 * s.thumbnail_size ** 2)
+    image_slots = threading.BoundedSemaphore(max(1, s.decode_workers))
     sim = Similarity(m)
     encode_texts = text_encoder(m, s.text_runtime)
     query_cache, thumbs, classifiers = LRU(s.query_cache), LRU(s.thumbnail_cache), LRU(32)
@@ -115,11 +144,14 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
         return [[_hit_json(h) for h in row[:k]] for row, (_, k) in zip(hits, items)]
 
     runner = BatchRunner(text_batch, s.max_batch, "clipforge-text", s.text_workers)
-    app = FastAPI(title="clipforge", version="0.1.0",
+    app = FastAPI(title="clipforge", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Search an image collection by text or image, and classify images zero-shot against "
                               "your own labels, with a clipforge model.")
     app.state.index, app.state.settings, app.state.runner = idx, s, runner
     app.add_middleware(BodyLimit, max_bytes=s.max_upload_bytes)
+    if "*" not in s.allowed_hosts:  # added last = runs first: a foreign Host is answered before anything else
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(s.allowed_hosts), www_redirect=False)
+    add_offline_docs(app)
 
     @app.exception_handler(ClipforgeError)
     async def _user_error(request: Request, exc: ClipforgeError):
@@ -135,6 +167,17 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
         if len(data) > s.max_upload_bytes:
             raise HTTPException(413, f"upload is over the limit of {s.max_upload_bytes} bytes")
         return data
+
+    def _image(upload: UploadFile):
+        data = _read(upload)
+        with image_slots:
+            return decode_upload(data, limits)
+
+    def _embed(upload: UploadFile) -> np.ndarray:
+        """Decode and embed an upload inside one of the ``decode_workers`` slots (both scale with the image)."""
+        data = _read(upload)
+        with image_slots:
+            return m.encode_image([decode_upload(data, limits)])
 
     # -- pages ------------------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -164,8 +207,7 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
     @app.post("/api/search/image", tags=["search"])
     def search_image(file: UploadFile = File(..., description="an image"), k: int = Form(20, ge=1, le=s.max_k)):
         """Image -> images: the ``k`` indexed images closest to the upload."""
-        img = decode_upload(_read(file), s.max_pixels)
-        hits = idx.search_vectors(m.encode_image([img]), k)[0]
+        hits = idx.search_vectors(_embed(file), k)[0]
         return {"results": [_hit_json(h) for h in hits]}
 
     @app.post("/api/classify", tags=["zero-shot"])
@@ -174,13 +216,13 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
         """Zero-shot classification of the upload against your labels: probabilities (softmax over the model's
         logits) and cosine scores, best first. English labels use CLIP-style sentence templates."""
         names = parse_labels(labels, s)
-        img = decode_upload(_read(file), s.max_pixels)
+        vec = _embed(file)
         key = tuple(names)
         zs = classifiers.get(key)
         if zs is None:
             zs = ZeroShotClassifier(m, ClassDescriptions(names, [[t.format(n) for t in templates_for(n)] for n in names]))
             classifiers.put(key, zs)
-        scores = zs.scores(m.encode_image([img]))[0]
+        scores = zs.scores(vec)[0]
         scale = float(m.similarity.scale.detach()) if zs.cosine else 10.0
         p = torch.softmax(torch.from_numpy(scores * scale), -1).numpy()
         order = np.argsort(-p)
@@ -196,25 +238,28 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
         for name, text, image in (("a", text_a, image_a), ("b", text_b, image_b)):
             if (text is None or not text.strip()) == (image is None):
                 raise HTTPException(422, f"give exactly one of text_{name} or image_{name}")
-            sides.append(TextItem(text.strip()) if image is None else ImageItem(decode_upload(_read(image), s.max_pixels)))
+            sides.append(TextItem(text.strip()) if image is None else ImageItem(_image(image)))
         return sim.pair(*sides)
 
     @app.get("/api/thumbnail/{image_id}", tags=["images"], responses={200: {"content": {"image/jpeg": {}}}})
-    def thumbnail(image_id: int = PathParam(..., ge=0, description="an id from a search result")):
+    def thumbnail(image_id: int = PathParam(..., ge=0, le=MAX_ID, description="an id from a search result")):
         """A JPEG thumbnail of an indexed image. Only ids of the index are served; no path comes from the client."""
-        data = thumbs.get(image_id)
+        rec = idx.record(image_id)
+        if rec is None:
+            raise HTTPException(404, "no image with this id in the index")
+        key = (rec.id, rec.sha256)  # a rebuilt index may give the id to another image
+        data = thumbs.get(key)
         if data is None:
-            rec = idx.record(image_id)
-            if rec is None:
-                raise HTTPException(404, "no image with this id in the index")
-            img, _ = load_image(rec.path)
-            if img is None:
-                raise HTTPException(404, "the indexed image is no longer readable")
+            try:
+                with image_slots:
+                    img = decode_bounded(rec.path, thumb_limits)
+            except DecodeRefused:
+                raise HTTPException(404, "the indexed image is no longer readable") from None
             img.thumbnail((s.thumbnail_size, s.thumbnail_size))
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=85)
             data = buf.getvalue()
-            thumbs.put(image_id, data)
+            thumbs.put(key, data)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     return app

@@ -3,18 +3,17 @@
 * ``BodyLimit`` (pure ASGI middleware) answers 413 before the app runs when Content-Length is over the limit,
   and stops a chunked upload (no Content-Length) as soon as its bytes go over it.
 * ``decode_upload`` reads only the header first and refuses images with too many pixels (decompression
-  bombs) before decoding a single row; non-images get 415, undecodable images 422, each with a message.
+  bombs), an extreme aspect ratio or too many decoded bytes before decoding a single row (decode.py); non-images
+  get 415, undecodable images 422, each with a message.
 """
 from __future__ import annotations
 
-import io
 import json
-import warnings
 
 from fastapi import HTTPException
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..data.images import load_image
+from .decode import DecodeLimits, DecodeRefused, decode_bounded
 
 
 class _TooLarge(Exception):
@@ -69,29 +68,17 @@ class BodyLimit:
             await self._refuse(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
 
 
-def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes of an uploaded file -> RGB image, or an HTTPException (413 / 415 / 422) that says why not."""
+def decode_upload(data: bytes, max_pixels: int | DecodeLimits) -> Image.Image:
+    """Bytes of an uploaded file -> RGB image, or an HTTPException (413 / 415 / 422) that says why not
+    (decode.py bounds the memory it takes)."""
     if not data:
         raise HTTPException(422, "the uploaded file is empty")
+    limits = max_pixels if isinstance(max_pixels, DecodeLimits) else DecodeLimits(max_pixels=int(max_pixels))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HTTPException(413, "image has too many pixels (decompression bomb?)") from None
-    except UnidentifiedImageError:
-        raise HTTPException(415, "the uploaded file is not an image (unrecognised format); send PNG, JPEG, WebP, GIF or BMP") from None
-    except Exception:  # noqa: BLE001 - any header parse failure is the client's file
-        raise HTTPException(422, "the uploaded image cannot be decoded") from None
-    if w * h > max_pixels:
-        raise HTTPException(413, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
-                                 "(decompression bomb?)")
-    img, reason = load_image(io.BytesIO(data))
-    if img is None:
-        if reason.startswith("not an image"):
-            raise HTTPException(415, f"the uploaded file is {reason}")
-        if reason.startswith("image too large"):
-            raise HTTPException(413, reason)
-        raise HTTPException(422, f"the uploaded image cannot be used: {reason.split(':')[0]}")
-    return img
+        return decode_bounded(data, limits)
+    except DecodeRefused as e:
+        if e.status == 415:
+            raise HTTPException(415, f"the uploaded file is {e}") from None
+        if e.status == 422 and str(e).startswith("cannot decode"):
+            raise HTTPException(422, f"the uploaded image cannot be decoded ({str(e).split(': ', 1)[-1]})") from None
+        raise HTTPException(e.status, str(e)) from None
