@@ -121,14 +121,23 @@ def serve(index: Path = typer.Argument(..., help="an index folder (clipforge ind
           query_cache: int = typer.Option(4096, min=0, help="text embeddings of recent queries kept (0 = none)"),
           text_runtime: str = typer.Option("auto", help="text tower on onnx (ONNX Runtime), torch, or auto"),
           text_workers: int = typer.Option(2, min=1, help="text batches embedded at the same time (one thread each)"),
+          allowed_hosts: List[str] = typer.Option([], "--allowed-hosts", help="a Host header name to serve (repeatable; '*' for any); default: the loopback names when bound to loopback, any otherwise"),
+          header_timeout: float = typer.Option(5.0, help="seconds a connection may take to send its request header (and may stay idle between requests)"),
           access_log: bool = typer.Option(False, help="log every request")):
     """Web service + page: text and image search, zero-shot classification, similarity, thumbnails (docs at /docs)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..serve import ServeSettings, run
+    if not 0 < header_timeout < float("inf"):
+        raise ClipforgeError(f"--header-timeout must be a positive number of seconds, not {header_timeout}")
+    from ..serve import ServeSettings, default_allowed_hosts, run
+    hosts = tuple(h.strip() for h in allowed_hosts if h.strip()) or default_allowed_hosts(host)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
-                             max_batch=max_batch, query_cache=query_cache, text_runtime=text_runtime, text_workers=text_workers)
-    typer.echo(f"clipforge serving {index} on http://{host}:{port}/ (API docs at /docs)")
-    run(index, host, port, settings, model=model, torch_threads=torch_threads, access_log=access_log)
+                             max_batch=max_batch, query_cache=query_cache, text_runtime=text_runtime, text_workers=text_workers,
+                             allowed_hosts=hosts)
+    # announced once the index is open: a folder that is not an index gives its one error line and nothing else
+    run(index, host, port, settings, model=model, torch_threads=torch_threads, access_log=access_log,
+        header_timeout=header_timeout,
+        announce=lambda url: typer.echo(f"clipforge serving {index} on {url} (API docs at /docs)"
+                                        + ("" if "*" not in hosts else "; any Host header is accepted")))
 
 
 @app.command()

@@ -3,6 +3,7 @@ through the embedding cache in chunks, so a crashed build that is run again reco
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,9 +19,10 @@ CHUNK = 1024  # images per embedding-cache entry
 
 
 def file_digest(path: str) -> tuple[str, int]:
+    """sha256 and size of a file listed by sources.py (a real path: O_NOFOLLOW refuses a symlink swapped in since)."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
             size += len(block)

@@ -1,12 +1,20 @@
 """What to index: every image file under a folder, or the rows of a caption CSV (``filename,caption``).
 
 A CSV's file names are relative to the CSV's own folder or to an ``images/`` folder next to it (the layout
-``clipforge download`` writes); absolute paths are taken as they are. Rows that cannot be used (no file,
-a URL, a repeated file) are reported with a reason, like files that do not decode later.
+``clipforge download`` writes); absolute paths are taken as they are if they lie under the CSV's folder. Rows that
+cannot be used (no file, a URL, a repeated file) are reported with a reason, like files that do not decode later.
+
+No file outside the image root (the folder, or the CSV's folder) is ever opened: a path is resolved
+(``os.path.realpath``, which reads links but opens nothing) and checked before anything reads it, so a collection
+whose symlinks point at ``/etc/shadow`` costs nothing and says so. Every file of a folder that is not indexed is
+in the report with its reason (a dangling symlink, an SVG, a FIFO, a text file); hidden files and folders (names
+starting with a dot) are not looked at.
 """
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +31,66 @@ class SourceItem:
     caption: str | None = None
 
 
-def _folder_items(root: Path) -> list[SourceItem]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-                   and p.suffix.lower() in IMAGE_SUFFIXES)
-    return [SourceItem(str(p.resolve())) for p in files]
+OUTSIDE = "a symlink to a file outside the image folder (not opened)"
+
+
+def inside(base: str, real: str) -> bool:
+    return os.path.commonpath([base, real]) == base
+
+
+def _kind(mode: int) -> str:
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+        "a device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else "a folder" if stat.S_ISDIR(mode) else "a special file"
+
+
+def check_file(path: Path, base: str, outside: str = OUTSIDE) -> tuple[str | None, str | None]:
+    """-> (real path, None) for a regular file under ``base``, else (None, why not); opens nothing."""
+    real = os.path.realpath(path)
+    if not os.path.exists(real):
+        if os.path.islink(path):
+            return None, "a dangling symlink (its target does not exist)"
+        return None, "file not found"
+    if not inside(base, real):
+        return None, outside
+    mode = os.stat(real).st_mode
+    if not stat.S_ISREG(mode):
+        return None, f"not a regular file ({_kind(mode)})"
+    return real, None
+
+
+def _not_an_image(p: Path) -> str:
+    if p.suffix.lower() == ".svg":
+        twin = next((t for t in (p.with_suffix(".png"), p.with_suffix(".PNG")) if t.is_file()), None)
+        if twin is not None:
+            return f"an SVG (vector) image: its PNG twin {twin.name} is indexed instead"
+        return "an SVG (vector) image with no PNG twin: clipforge reads raster images; convert it to PNG to index it"
+    return f"not an image file type ({p.suffix or 'no suffix'}); indexed are {', '.join(sorted(IMAGE_SUFFIXES))}"
+
+
+def _folder_items(root: Path) -> tuple[list[SourceItem], list[tuple[str, str]]]:
+    base = os.path.realpath(root)
+    items, problems = [], []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in list(dirnames):  # a symlinked folder is listed by os.walk but not entered: say so
+            p = Path(dirpath) / d
+            if p.is_symlink():
+                dirnames.remove(d)
+                real = os.path.realpath(p)
+                problems.append((str(p), "a symlink to a folder outside the image folder (not followed)"
+                                 if not inside(base, real) else "a symlink to a folder (not followed)"))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            real, why = check_file(p, base)
+            if why is None and p.suffix.lower() not in IMAGE_SUFFIXES:
+                why = _not_an_image(p)
+            if why is not None:
+                problems.append((str(p), why))
+            else:
+                items.append(SourceItem(real))
+    return items, problems
 
 
 def _column(fields: list[str], names: tuple[str, ...]) -> str | None:
@@ -40,6 +104,7 @@ def _csv_items(path: Path) -> tuple[list[SourceItem], list[tuple[str, str]]]:
     from ..data.captions import _decode_lines, _rows, row_starts
     from ..data.dataset import SkipReport
     items, seen = [], set()
+    base = os.path.realpath(path.parent)
     report = SkipReport()
     lines = _decode_lines(path.read_bytes(), report, path.name)
     fields = next(csv.reader([lines[0][1]])) if lines else []
@@ -61,11 +126,12 @@ def _csv_items(path: Path) -> tuple[list[SourceItem], list[tuple[str, str]]]:
             continue
         p = Path(name)
         candidates = [p] if p.is_absolute() else [path.parent / p, path.parent / "images" / p]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            problems.append((f"{where} {name}", "file not found"))
+        found = next((c for c in candidates if os.path.lexists(c)), candidates[0])
+        key, why = check_file(found, base, f"outside the CSV's folder {path.parent} (not opened): "
+                                           "list only files under the CSV's folder")
+        if why is not None:
+            problems.append((f"{where} {name}", why))
             continue
-        key = str(found.resolve())
         if key in seen:
             problems.append((f"{where} {name}", "file listed twice (first caption kept)"))
             continue
@@ -78,7 +144,7 @@ def list_source(source: str | Path) -> tuple[list[SourceItem], list[tuple[str, s
     """-> (items to embed, [(row or file, reason)] for what cannot be used)."""
     src = Path(source)
     if src.is_dir():
-        return _folder_items(src), []
+        return _folder_items(src)
     if src.is_file() and src.suffix.lower() in (".csv", ".tsv"):
         return _csv_items(src)
     if src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
