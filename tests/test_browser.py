@@ -158,3 +158,36 @@ def test_search_by_text_and_image_and_classify_in_the_page(site, browser, tmp_pa
     wait.until(lambda d: "415" in d.find_element(By.ID, "status").text)
     assert "not an image" in browser.find_element(By.ID, "status").text
     assert text_shot.stat().st_size > 10_000 and image_shot.stat().st_size > 10_000
+
+
+def test_the_api_page_renders_with_the_network_off(site, tmp_path):
+    """/docs in a Chromium that can reach nothing but loopback (every other name fails to resolve, and any request
+    that still leaves goes to a dead proxy): Swagger UI must render the operations from the server's own assets."""
+    base, _ = site
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1100",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=http://127.0.0.1:9",
+                "--proxy-bypass-list=127.0.0.1"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(20)
+    try:
+        # the network really is off: a CDN script cannot load (FastAPI's default /docs needs one)
+        driver.get(base + "/api/health")
+        offline = driver.execute_async_script(
+            "const done = arguments[0]; const s = document.createElement('script');"
+            "s.src = 'https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js';"
+            "s.onload = () => done('loaded'); s.onerror = () => done('failed'); document.head.appendChild(s);")
+        assert offline == "failed"
+        driver.get(base + "/docs")
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock")) >= 6)
+        paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock-summary-path")}
+        assert {"/api/search/text", "/api/search/image", "/api/classify"} <= paths, paths
+        assert "clipforge" in driver.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+        _shot(driver, tmp_path, "browser-api-docs-offline.png")
+        driver.get(base + "/redoc")
+        WebDriverWait(driver, 30).until(lambda d: "/api/search/text" in d.find_element(By.TAG_NAME, "body").text)
+    finally:
+        driver.quit()
