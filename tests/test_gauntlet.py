@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -54,7 +55,7 @@ GOOD_IMAGES = {  # kind -> file name (valid: must be processed)
     "large photo (2400x1600)": "large.jpg",
 }
 CSV_PROBLEMS = ("empty caption", "whitespace-only caption", "line not UTF-8", "extra column (unquoted comma)",
-                "empty filename", "missing referenced file", "quote never closed")
+                "empty filename", "missing referenced file", "quote never closed", "quote left open before the next row")
 CSV_OK = ("caption spanning two lines (quoted)", "extra header column", "byte-order mark", "unicode caption")
 KINDS = [*BAD_IMAGES, *GOOD_IMAGES, *CSV_PROBLEMS, *CSV_OK, "CSV missing its caption column"]
 
@@ -145,7 +146,9 @@ def _caption_csv(c) -> tuple[Path, dict]:
         return out.getvalue()
 
     where = {}
-    for p, cap in c["fillers"]:
+    for i, (p, cap) in enumerate(c["fillers"]):
+        if i == 5:   # the rows after it must still be read, though a later quoted field could close this quote
+            where["quote left open before the next row"] = add(f'{p.name},"a quote left open at the row end,cc0')
         add(row(p.name, cap))
     for kind, p in c["good"].items():
         where[kind] = add(row(p.name, f"an awkward image: {kind} 一张图片"))
@@ -170,7 +173,8 @@ def _caption_csv(c) -> tuple[Path, dict]:
 def _expected_csv_skips(c, where) -> dict[str, str]:
     """report item -> kind, as load_caption_csv and the decoder name them."""
     exp = {f"captions.csv:{where[k]}": k for k in ("empty caption", "whitespace-only caption", "line not UTF-8",
-                                                  "extra column (unquoted comma)", "empty filename", "quote never closed")}
+                                                  "extra column (unquoted comma)", "empty filename", "quote never closed",
+                                                  "quote left open before the next row")}
     exp["captions.csv:no-such-file.png"] = "missing referenced file"
     exp.update({str(p.resolve()): k for k, p in c["bad"].items()})
     return exp
@@ -212,6 +216,7 @@ def test_caption_training_skips_every_bad_row_and_image_and_keeps_every_good_one
     reasons = {s["item"]: s["reason"] for s in skipped}
     assert "UTF-8" in reasons[f"captions.csv:{where['line not UTF-8']}"]
     assert "fields" in reasons[f"captions.csv:{where['extra column (unquoted comma)']}"]
+    assert "before the next row" in reasons[f"captions.csv:{where['quote left open before the next row']}"]
     assert "too large" in reasons[str(corpus["bad"]["20000x20000 image"].resolve())]
     assert "too large" in reasons[str(corpus["bad"]["decompression bomb (12000x12000, 20 KB)"].resolve())]
 
@@ -284,7 +289,8 @@ def test_index_build_from_the_csv_skips_bad_rows_and_images(corpus, caption_run,
     where = caption_run["where"]
     expected = {str(p.resolve()): k for k, p in corpus["bad"].items()}
     expected.update({f"captions.csv:{where[k]}{' no-such-file.png' if k == 'missing referenced file' else ''}": k
-                     for k in ("line not UTF-8", "empty filename", "missing referenced file", "quote never closed")})
+                     for k in ("line not UTF-8", "empty filename", "missing referenced file", "quote never closed",
+                               "quote left open before the next row")})
     twice = {i for i, r in idx.report.skipped if r.startswith("file listed twice")}  # an index keeps one record a file
     assert {i.split(" ")[-1] for i in twice} == {"red-circle.png", "blue-square.png", "green-square.png", "yellow-square.png"}
     _check_report([(i, r) for i, r in idx.report.skipped if i not in twice], expected)
@@ -378,6 +384,103 @@ def test_every_kind_is_listed_in_the_robustness_doc():
     text = doc.read_text(encoding="utf-8")
     missing = [k for k in KINDS if k not in text]
     assert not missing and len(KINDS) >= 15, missing
+
+
+# -- configs, arguments and checkpoints: one red line, exit code 2, nothing half done ---------------------------
+
+class _Touch:
+    """Unpickling this creates a file: a stand-in for the code a crafted checkpoint could run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _class_folder(root: Path, n_classes: int = 3, per_class: int = 3) -> Path:
+    for c in range(n_classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            draw(SHAPES[c % 3], list(COLOURS)[k % 4], 10 * c + k).save(d / f"ok-{k}.png")
+    return root
+
+
+def _align(tmp: Path, folder: Path, *sets: str) -> list[str]:
+    return ["align", "--quiet", *[a for s in [f"data.source=folder:{folder}", "data.n_unseen=1", "towers.image_size=32",
+                                              "train.epochs=2", "train.ensemble=1", "train.checkpoint_every=1",
+                                              f"out={tmp / 'run'}", f"cache_dir={tmp / 'cache'}", *sets]
+                                  for a in ("-s", s)]]
+
+
+def _case(kind: str, tmp: Path, corpus) -> tuple[list[str], str]:
+    """-> (argv, what the one error line must say) for a CLI kind, its files written under ``tmp``."""
+    if kind == "config file not UTF-8":
+        (tmp / "latin1.yaml").write_bytes("train:\n  epochs: 3  # caf\xe9\n".encode("latin-1"))
+        return ["align", "-c", str(tmp / "latin1.yaml")], "not UTF-8"
+    if kind == "a directory given as a config":
+        return ["train", "-c", str(tmp)], "is a directory"
+    if kind == "true for an integer (epochs: true)":
+        (tmp / "bool.yaml").write_text("train:\n  epochs: true\n")
+        return ["align", "-c", str(tmp / "bool.yaml")], "'train.epochs': Value error, needs a number"
+    if kind == "infinite learning rate (train.lr=inf)":
+        return ["align", "-s", "train.lr=inf"], "'train.lr': Input should be a finite number"
+    if kind == "learning rate that overflows (train.lr=1e308)":
+        return ["train", "-s", "train.lr=1e308"], "'train.lr': Input should be less than or equal to 10"
+    if kind == "NaN for a float (train.weight_decay=.nan)":
+        return ["align", "-s", "train.weight_decay=.nan"], "'train.weight_decay': Input should be a finite number"
+    if kind == "as many unseen classes as classes (data.n_unseen)":
+        return _align(tmp, _class_folder(tmp / "classes"), "data.n_unseen=3"), "'data.n_unseen': 3 unseen of 3 classes"
+    if kind == "missing local directory as a tower (towers.text=hf:/nonexistent/dir)":
+        return (_align(tmp, _class_folder(tmp / "classes"), "towers.text=hf:/nonexistent/dir"),
+                "the local directory '/nonexistent/dir' does not exist")
+    if kind == "a folder of only broken images":
+        for i, p in enumerate(corpus["bad"].values()):
+            d = tmp / "broken" / f"class{i % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / p.name).write_bytes(p.read_bytes())
+        return _align(tmp, tmp / "broken"), "no usable training images"
+    if kind == "serve port out of range (--port 99999)":
+        return ["serve", str(tmp / "idx"), "--port", "99999"], "--port 99999 is not a TCP port"
+    if kind == "negative upload limit (serve --max-upload-mb -1)":
+        return ["serve", str(tmp / "idx"), "--max-upload-mb", "-1"], "--max-upload-mb must be a positive"
+    if kind == "empty text query (index search IDX '')":
+        return ["index", "search", str(tmp / "idx"), " "], "the text QUERY is empty"
+    if kind in ("crafted checkpoint (code in the pickle)", "truncated checkpoint, no earlier one", "garbage checkpoint"):
+        ckpt = tmp / "run" / "checkpoints"
+        ckpt.mkdir(parents=True)
+        if kind.startswith("crafted"):
+            torch.save({"model": {}, "opt": {}, "sched": {}, "state": _Touch(tmp / "pwned"), "rng": {}}, ckpt / "last.pt")
+            want = "holds Python objects other than tensors"
+        else:
+            buf = io.BytesIO()
+            torch.save({"model": {"w": torch.zeros(1000)}}, buf)
+            (ckpt / "last.pt").write_bytes(buf.getvalue()[:300] if kind.startswith("truncated") else os.urandom(3000))
+            want = "cannot be read"
+        return [*_align(tmp, _class_folder(tmp / "classes")), "--resume"], want
+    raise KeyError(kind)
+
+
+CLI_PROBLEMS = ("config file not UTF-8", "a directory given as a config", "true for an integer (epochs: true)",
+                "infinite learning rate (train.lr=inf)", "learning rate that overflows (train.lr=1e308)",
+                "NaN for a float (train.weight_decay=.nan)", "as many unseen classes as classes (data.n_unseen)",
+                "missing local directory as a tower (towers.text=hf:/nonexistent/dir)", "a folder of only broken images",
+                "serve port out of range (--port 99999)", "negative upload limit (serve --max-upload-mb -1)",
+                "empty text query (index search IDX '')", "crafted checkpoint (code in the pickle)",
+                "truncated checkpoint, no earlier one", "garbage checkpoint")
+KINDS += CLI_PROBLEMS
+
+
+@pytest.mark.parametrize("kind", CLI_PROBLEMS)
+def test_bad_configs_arguments_and_checkpoints_are_one_clear_line(kind, corpus, tmp_path):
+    argv, want = _case(kind, tmp_path, corpus)
+    r = CliRunner().invoke(app, argv)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and want in errors[0], (kind, r.output, repr(r.exception))
+    assert "Traceback" not in r.output and "huggingface" not in r.output.lower(), r.output
+    assert not (tmp_path / "pwned").exists(), "a crafted checkpoint ran code"
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "results.json").exists()
 
 
 # -- the service and the index against hostile files and requests (issue 16) --------------------------------------

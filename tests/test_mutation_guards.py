@@ -260,3 +260,17 @@ def test_index_build_and_add_keep_one_record_per_content(tmp_path):
     report = ix.add(more, progress=False)
     assert (report.added, report.already_indexed, len(ix)) == (1, 1, 9)
     assert dict(report.skipped) == {str(more / "new.png"): f"same content as {more / 'new-again.png'}"}
+
+
+def test_file_digest_refuses_a_symlink_and_digest_reports_why(tmp_path):
+    """O_NOFOLLOW: a file swapped for a symlink after listing is not read through the link."""
+    import os
+    real = tmp_path / "real.png"
+    real.write_bytes(b"content")
+    link = tmp_path / "link.png"
+    os.symlink(real, link)
+    with pytest.raises(OSError):
+        file_digest(str(link))
+    todo, skipped, _ = digest_items([SourceItem(str(link)), SourceItem(str(tmp_path / "gone.png"))], {}, workers=1)
+    assert todo == []
+    assert skipped[1] == (str(tmp_path / "gone.png"), "cannot read: No such file or directory")

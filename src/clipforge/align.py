@@ -23,6 +23,7 @@ from .cache import EmbeddingCache, embed_dataset, embed_texts
 from .config import RunConfig
 from .data import ClassDescriptions, SkipReport, load_descriptions, seen_unseen
 from .data.sources import load_class_source
+from .errors import ClipforgeError
 from .evaluate.probe import linear_probe
 from .evaluate.zeroshot import GAMMA_GRID, ZeroShotClassifier, gzsl_h_curve, gzsl_metrics, topk_metrics
 from .model import DualEncoder
@@ -72,6 +73,8 @@ def prepare(cfg: RunConfig, progress: bool = True, towers: tuple | None = None) 
     cache = EmbeddingCache(cfg.cache_dir)
     tr_x, tr_y = embed_dataset(image_tower, train_ds, cache, progress=progress)
     te_x, te_y = embed_dataset(image_tower, test_ds, cache, progress=progress)
+    _require_images(cfg.data.source, "training", int(np.isin(tr_y, seen).sum()), train_ds.skipped)
+    _require_images(cfg.data.source, "test", len(te_y), test_ds.skipped)
     desc = load_descriptions(names, cfg.data.descriptions, dataset=cfg.data.source)
     vocab = desc.vocabulary()
     vocab_feats = embed_texts(text_tower, vocab, cache)
@@ -80,6 +83,15 @@ def prepare(cfg: RunConfig, progress: bool = True, towers: tuple | None = None) 
         SkipReport(train_ds.skipped.items + test_ds.skipped.items)
     return Prepared(names, seen, unseen, tr_x, tr_y, te_x, te_y, desc, vocab, vocab_feats,
                     image_tower, text_tower, skipped, tower_opts)
+
+
+def _require_images(source: str, part: str, n: int, skipped: SkipReport) -> None:
+    """No usable image is an error: a model trained on nothing (or scored on nothing) has NaN metrics and looks
+    like a result."""
+    if n:
+        return
+    first = f"; e.g. {skipped.items[0][0]}: {skipped.items[0][1]}" if skipped.items else ""
+    raise ClipforgeError(f"no usable {part} images in '{source}' ({len(skipped)} items skipped{first})")
 
 
 def train_model(cfg: RunConfig, p: Prepared, seen: list[int] | None = None, out_dir: str | Path | None = None,

@@ -8,16 +8,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
+from .paths import features_cache
+
+# Above this, AdamW's update (lr * weight_decay on float32 weights) overflows or diverges at once: a typo, not a choice.
+MAX_LR = 10.0
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Base of every config: unknown fields, non-finite floats and booleans given for numbers are errors.
+
+    Why not pydantic's ``strict=True``: YAML reads ``1e-3`` (no dot) as a string, so numeric strings must still
+    become floats; what must never pass is ``epochs: true`` (lax mode reads it as 1) or ``lr: .inf``.
+    """
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = {annotation, *get_args(annotation)}
+        if isinstance(value, bool) and kinds & {int, float}:
+            raise ValueError("needs a number, not true/false")
+        return value
 
 
 class DataConfig(Strict):
@@ -64,9 +82,9 @@ class LossConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(150, ge=1)
     batch_size: int = Field(0, ge=0, description="0 = full batch (cached features fit in memory)")
-    lr: float = Field(1e-2, gt=0.0)
-    lr_similarity: float | None = Field(None, gt=0.0, description="own learning rate for the similarity net")
-    weight_decay: float = Field(1e-2, ge=0.0)
+    lr: float = Field(1e-2, gt=0.0, le=MAX_LR)
+    lr_similarity: float | None = Field(None, gt=0.0, le=MAX_LR, description="own learning rate for the similarity net")
+    weight_decay: float = Field(1e-2, ge=0.0, le=MAX_LR)
     warmup_steps: int = Field(10, ge=0)
     grad_clip: float = Field(1.0, ge=0.0)
     ensemble: int = Field(5, ge=1, description="heads trained from different seeds, scores averaged")
@@ -84,7 +102,7 @@ class RunConfig(Strict):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     out: str = "runs/fashion-zsl"
-    cache_dir: str = ".cache/clipforge"
+    cache_dir: str = Field(default_factory=features_cache, description="embedding cache (default: the user cache dir)")
 
 
 # -- image-caption training (the seeds "Contrastive" and "CLIP-Chinese"): train and eval stages ---------------
@@ -126,11 +144,11 @@ class ContrastiveLossConfig(Strict):
 class CaptionTrainConfig(Strict):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(0, ge=0, description="0 = full batch (cached features fit in memory)")
-    lr: float = Field(1e-3, gt=0.0, description="heads")
-    lr_similarity: float | None = Field(None, gt=0.0, description="temperature/bias; null = lr")
-    lr_image_tower: float = Field(1e-5, gt=0.0)
-    lr_text_tower: float = Field(1e-5, gt=0.0)
-    weight_decay: float = Field(0.05, ge=0.0)
+    lr: float = Field(1e-3, gt=0.0, le=MAX_LR, description="heads")
+    lr_similarity: float | None = Field(None, gt=0.0, le=MAX_LR, description="temperature/bias; null = lr")
+    lr_image_tower: float = Field(1e-5, gt=0.0, le=MAX_LR)
+    lr_text_tower: float = Field(1e-5, gt=0.0, le=MAX_LR)
+    weight_decay: float = Field(0.05, ge=0.0, le=MAX_LR)
     warmup_steps: int = Field(10, ge=0)
     grad_clip: float = Field(1.0, ge=0.0)
     ensemble: int = Field(3, ge=1)
@@ -157,7 +175,7 @@ class CaptionRunConfig(Strict):
     loss: ContrastiveLossConfig = ContrastiveLossConfig()
     train: CaptionTrainConfig = CaptionTrainConfig()
     out: str = "runs/tux-retrieval"
-    cache_dir: str = ".cache/clipforge"
+    cache_dir: str = Field(default_factory=features_cache, description="embedding cache (default: the user cache dir)")
 
 
 class CaptionEvalConfig(Strict):
@@ -166,7 +184,7 @@ class CaptionEvalConfig(Strict):
     chunk: int = Field(1024, ge=1, description="queries scored at a time (memory)")
     examples: int = Field(8, ge=0, description="retrieval examples kept for the report")
     out: str = Field("runs/tux-retrieval/eval.json", description="where the metrics JSON goes")
-    cache_dir: str = ".cache/clipforge"
+    cache_dir: str = Field(default_factory=features_cache, description="embedding cache (default: the user cache dir)")
 
 
 def _format_error(err: ValidationError) -> str:
@@ -206,17 +224,93 @@ def build_config(cls: type[Strict], data: dict | None = None, overrides: list[st
         raise ConfigError(_format_error(err)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type[Strict] = RunConfig) -> Strict:
-    """Load a YAML or JSON file (or nothing) into a typed config."""
+PACKAGED = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_names() -> list[str]:
+    """Names of the configs shipped in the package (``caption-train``, ``siglip``, ``lit-text``, ...)."""
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
+def config_path(path: str | Path | None) -> Path | None:
+    """A file, or the name of a packaged config (``caption-train`` or ``caption-train.yaml``): a file that exists
+    wins, so a local ``siglip.yaml`` is never shadowed by the packaged one."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists():
+        return p
+    packaged = PACKAGED / (p.name if p.suffix else f"{p.name}.yaml")
+    return packaged if p.parent == Path(".") and packaged.is_file() else p
+
+
+def _config_classes() -> list[type[Strict]]:
+    # Imported here: distill.py imports this module (and torch); the order breaks ties (RunConfig first).
+    from .distill import DistillConfig
+    return [RunConfig, CaptionRunConfig, CaptionEvalConfig, DistillConfig]
+
+
+def _field_paths(cls: type[BaseModel], prefix: str = "") -> set[str]:
+    out = set()
+    for name, f in cls.model_fields.items():
+        out.add(prefix + name)
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            out |= _field_paths(f.annotation, f"{prefix}{name}.")
+    return out
+
+
+def _data_paths(data: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in data.items():
+        out.add(f"{prefix}{k}")
+        if isinstance(v, dict):
+            out |= _data_paths(v, f"{prefix}{k}.")
+    return out
+
+
+def pick_config_class(data: dict, overrides: list[str] = ()) -> type[Strict]:
+    """The config class whose fields cover most of what ``data`` and the overrides set.
+
+    Why by fields: a caption YAML has ``data.fold`` or ``bridge``, an eval YAML ``model``, a distill YAML
+    ``teacher``; a file that every class could read (say, only ``train.epochs``) is a RunConfig, as before.
+    """
+    used = _data_paths(data) | {".".join(parse_override(o)[0]) for o in overrides}
+    best, best_score = RunConfig, -1
+    for cls in _config_classes():
+        score = len(used & _field_paths(cls))
+        if score > best_score:
+            best, best_score = cls, score
+    return best
+
+
+def _read_config_file(p: Path) -> dict:
+    if p.is_dir():
+        raise ConfigError(f"config '{p}' is a directory; give a YAML/JSON file or a packaged name "
+                          f"({', '.join(packaged_names())})")
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist (packaged names: {', '.join(packaged_names())})")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{p}' is not UTF-8 text ({e.reason} at byte {e.start}); "
+                          "re-save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{p}' is not valid YAML/JSON: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type[Strict] | None = None) -> Strict:
+    """Load a YAML or JSON file, a packaged config name (``caption-train``), or nothing, into a typed config.
+
+    ``cls`` chooses the config class; by default it is picked from the fields the file and overrides set
+    (``pick_config_class``), so ``load_config("caption-train")`` gives a CaptionRunConfig.
+    """
     data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}' is not valid YAML/JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{p}' must hold a mapping of sections, not {type(data).__name__}")
+    p = config_path(path)
+    if p is not None:
+        data = _read_config_file(p)
+    if cls is None:
+        cls = pick_config_class(data, overrides)
     return build_config(cls, data, overrides)

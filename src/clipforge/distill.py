@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .cache import EmbeddingCache, embed_texts
-from .config import Strict
+from .config import MAX_LR, Strict
 from .data.captions import folds, load_caption_source
 from .errors import ClipforgeError
 from .heads import Projection
@@ -147,7 +147,7 @@ class DistillTrainConfig(Strict):
     loss: str = Field("cosine", pattern="^(mse|cosine)$", description="losses.distill_loss kind")
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0, le=MAX_LR)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(10, ge=0)
     seed: int = 0

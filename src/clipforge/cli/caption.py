@@ -11,15 +11,10 @@ import typer
 from . import app, bench_app, friendly
 from ..bench.leaderboard import TUX_ALL
 
-PACKAGED = Path(__file__).resolve().parent.parent / "configs"
-
-
 def _config_path(path: Optional[Path]) -> Optional[Path]:
     """A file, or the name of a packaged config (``caption-train``, ``siglip``, ``lit-text``...)."""
-    if path is None or path.exists():
-        return path
-    packaged = PACKAGED / (path.name if path.suffix else f"{path.name}.yaml")
-    return packaged if packaged.is_file() else path
+    from ..config import config_path
+    return config_path(path)
 
 
 @app.command("train")

@@ -22,8 +22,8 @@ def align(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
     """Align the towers on the seen classes, classify the unseen ones zero-shot, save the model."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .. import align as align_mod
-    from ..config import load_config
-    cfg = load_config(config, set_)
+    from ..config import RunConfig, load_config
+    cfg = load_config(config, set_, cls=RunConfig)
     result = align_mod.run(cfg, progress=not quiet, resume=resume)
     typer.echo(f"\nclipforge zero-shot on {result['dataset']} ({result['model']})")
     typer.echo(result["table"])

@@ -85,6 +85,8 @@ def index_search(index: Path = typer.Argument(...), query: Optional[str] = typer
     from ..index import ImageIndex
     if (query is None) == (image is None):
         raise ClipforgeError("give a text QUERY or --image PATH (one of them)")
+    if query is not None and not query.strip():
+        raise ClipforgeError("the text QUERY is empty: give some words to search for (or --image PATH)")
     ix = ImageIndex.load(index, model=model, search_params=_params(param))
     hits = ix.search_text(query, k) if query is not None else ix.search_image(image, k)
     for rank, h in enumerate(hits, 1):
@@ -126,6 +128,11 @@ def serve(index: Path = typer.Argument(..., help="an index folder (clipforge ind
           access_log: bool = typer.Option(False, help="log every request")):
     """Web service + page: text and image search, zero-shot classification, similarity, thumbnails (docs at /docs)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not 1 <= port <= 65535:
+        raise ClipforgeError(f"--port {port} is not a TCP port: use 1 to 65535 (8000 is the default)")
+    for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-pixels", max_pixels), ("--torch-threads", torch_threads)):
+        if not 0 < value < float("inf"):
+            raise ClipforgeError(f"{flag} must be a positive finite number, not {value}")
     if not 0 < header_timeout < float("inf"):
         raise ClipforgeError(f"--header-timeout must be a positive number of seconds, not {header_timeout}")
     from ..serve import ServeSettings, default_allowed_hosts, run

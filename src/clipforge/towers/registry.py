@@ -9,6 +9,19 @@ PACKAGED_TEXT = ("all-MiniLM-L6-v2", "use-m3", "e5-small", "e5-small-query")
 MULTILINGUAL_TEXT = ("use-m3", "e5-small", "e5-small-query")  # frozen numpy/C encoders (towers/multilingual.py)
 
 
+def _check_local_dir(spec: str, name: str, modality: str) -> None:
+    """``hf:/some/dir`` names a local directory (a Hub id never starts with '/', '.' or '~'): say that it is
+    missing, instead of the Hub's message about an invalid repo id."""
+    from pathlib import Path
+    if not name.startswith(("/", ".", "~")):
+        return
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a model directory" if path.exists() else "does not exist"
+        raise ClipforgeError(f"{modality} tower '{spec}': the local directory '{path}' {what} "
+                             f"(towers.{modality} takes a Hub id such as org/name, or an existing model directory)")
+
+
 def build_tower(spec: str, modality: str, image_size: int | None = None, invert: bool = False,
                 config: dict | None = None) -> Tower:
     """Build the tower named by ``spec`` for ``modality`` ('image' or 'text').
@@ -18,6 +31,8 @@ def build_tower(spec: str, modality: str, image_size: int | None = None, invert:
     scheme, _, name = spec.partition(":")
     if not name:
         raise ClipforgeError(f"tower id '{spec}' needs a scheme: pkg:, hf:, st: or scratch: (e.g. pkg:efficientnet-lite0)")
+    if scheme in ("hf", "st"):
+        _check_local_dir(spec, name, modality)
     if modality == "image":
         if scheme == "pkg" and name in PACKAGED_IMAGE:
             from .efficientnet import EfficientNetLiteTower
