@@ -125,6 +125,9 @@ def serve(index: Path = typer.Argument(..., help="an index folder (clipforge ind
           text_workers: int = typer.Option(2, min=1, help="text batches embedded at the same time (one thread each)"),
           allowed_hosts: List[str] = typer.Option([], "--allowed-hosts", help="a Host header name to serve (repeatable; '*' for any); default: the loopback names when bound to loopback, any otherwise"),
           header_timeout: float = typer.Option(5.0, help="seconds a connection may take to send its request header (and may stay idle between requests)"),
+          max_aspect: float = typer.Option(50.0, help="uploads with a longer side over this many times the shorter get 422"),
+          max_decoded_mb: float = typer.Option(128.0, help="uploads that would take more memory decoded get 413"),
+          decode_workers: int = typer.Option(2, min=1, help="uploads decoded and embedded at the same time"),
           access_log: bool = typer.Option(False, help="log every request")):
     """Web service + page: text and image search, zero-shot classification, similarity, thumbnails (docs at /docs)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -133,13 +136,15 @@ def serve(index: Path = typer.Argument(..., help="an index folder (clipforge ind
     for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-pixels", max_pixels), ("--torch-threads", torch_threads)):
         if not 0 < value < float("inf"):
             raise ClipforgeError(f"{flag} must be a positive finite number, not {value}")
-    if not 0 < header_timeout < float("inf"):
-        raise ClipforgeError(f"--header-timeout must be a positive number of seconds, not {header_timeout}")
+    for flag, value in (("--header-timeout", header_timeout), ("--max-aspect", max_aspect), ("--max-decoded-mb", max_decoded_mb)):
+        if not 0 < value < float("inf"):
+            raise ClipforgeError(f"{flag} must be a positive finite number, not {value}")
     from ..serve import ServeSettings, default_allowed_hosts, run
     hosts = tuple(h.strip() for h in allowed_hosts if h.strip()) or default_allowed_hosts(host)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
                              max_batch=max_batch, query_cache=query_cache, text_runtime=text_runtime, text_workers=text_workers,
-                             allowed_hosts=hosts)
+                             allowed_hosts=hosts, max_aspect=max_aspect, max_decoded_mb=max_decoded_mb,
+                             decode_workers=decode_workers)
     # announced once the index is open: a folder that is not an index gives its one error line and nothing else
     run(index, host, port, settings, model=model, torch_threads=torch_threads, access_log=access_log,
         header_timeout=header_timeout,
