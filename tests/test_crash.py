@@ -60,7 +60,7 @@ def _kill(proc: subprocess.Popen) -> None:
 def _all_checkpoints_load(ckpt_dir: Path) -> list[int]:
     epochs = []
     for p in sorted(ckpt_dir.glob("*.pt")):
-        epochs.append(torch.load(p, weights_only=False)["state"]["epoch"])   # raises if half written
+        epochs.append(torch.load(p, weights_only=True)["state"]["epoch"])    # raises if half written (or unsafe)
     return epochs
 
 
@@ -99,7 +99,7 @@ def test_training_killed_at_three_points_resumes_to_the_same_result(runs):
             partial = list(ckpt.glob(".*.pt.tmp"))
             assert partial, "the pause is inside a checkpoint write"
             with pytest.raises(Exception):
-                torch.load(partial[0], weights_only=False)     # the file being written is partial ...
+                torch.load(partial[0], weights_only=True)      # the file being written is partial ...
         _kill(proc)
         assert _all_checkpoints_load(ckpt) == at_pause[name]   # ... and the kill changed nothing that can be read
         assert not (root / name / "results.json").exists()
@@ -120,6 +120,8 @@ def test_training_killed_at_three_points_resumes_to_the_same_result(runs):
         for k, v in clean["metrics"].items():
             assert got["metrics"][k] == pytest.approx(v, abs=1e-9), (name, k)
         assert not list((root / name / "checkpoints").glob(".*.tmp")), name   # the next write replaced the leftover
+        prev = torch.load(root / name / "checkpoints" / "prev.pt", weights_only=True)   # the fallback of --resume
+        assert prev["state"]["epoch"] == 3, name
 
 
 # -- embedding cache ---------------------------------------------------------------------------------------------
