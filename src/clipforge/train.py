@@ -3,7 +3,9 @@
 What it owns: AdamW with one parameter group per module (optionally with an AMP gradient scaler) (each its own learning rate: the seed advised
 a lower rate for the similarity net than for the heads), linear warmup then cosine decay, gradient
 clipping, seeding, a progress bar, TensorBoard scalars, and checkpoints written atomically (``last.pt``
-every epoch, ``best.pt`` when the validation metric improves) that ``resume=True`` continues from.
+every epoch with ``prev.pt`` the one before it, ``best.pt`` when the validation metric improves) that
+``resume=True`` continues from; they hold tensors and plain values only (checkpoint.py: nothing in them runs).
+A non-finite loss or weight stops training with an error before anything more is saved.
 What it does not own: the objective. ``step_fn(batch) -> loss`` comes from objectives.py.
 """
 from __future__ import annotations
