@@ -42,7 +42,7 @@ class DataConfig(Strict):
     source: str = Field("fashion-mnist", description="'fashion-mnist', 'awa2:<dir>' or 'folder:<dir>'")
     train_per_class: int | None = Field(300, ge=1, description="images per class used for training; null = all")
     test_per_class: int | None = Field(200, ge=1, description="images per class used for testing; null = all")
-    split_seed: int = Field(0, ge=0, description="seed of the seen/unseen split (DESIGN.md section 4)")
+    split_seed: int = Field(0, ge=0, description="seed of the seen/unseen split (docs/benchmarks.md)")
     n_unseen: int = Field(3, ge=1)
     unseen: list[str] | None = Field(None, description="explicit unseen class names (overrides split_seed)")
     descriptions: str = Field("auto", description="'names', 'templates', 'auto' (packaged file when one exists), or a file path")
@@ -112,7 +112,7 @@ class CaptionDataConfig(Strict):
     valid_source: str | None = Field(None, description="a separate held-out set (e.g. datasets/valid); else fold `fold` is held out")
     language: str = Field("en", description="caption language: 'en', a translation the source has ('zh'), or a mix "
                                             "('en+zh': every image's captions in both, one batch holds both languages)")
-    folds: int = Field(5, ge=2, description="k of the k-fold split (DESIGN.md section 4)")
+    folds: int = Field(5, ge=2, description="k of the k-fold split (docs/benchmarks.md)")
     fold: int | None = Field(0, ge=0, description="held-out fold; null = train on everything")
     split_seed: int = Field(0, ge=0)
 

@@ -59,7 +59,7 @@ def bench_tux(out: Path = typer.Option(Path("benchmarks/results"), help="output 
               set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
               methods: str = typer.Option(",".join(TUX_ALL),
                                          help="comma-separated methods")):
-    """Tux Paint 5-fold image-caption retrieval, every method side by side (DESIGN.md section 4)."""
+    """Tux Paint 5-fold image-caption retrieval, every method side by side (docs/benchmarks.md)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..bench.tux_retrieval import run_tux_retrieval
     path = run_tux_retrieval(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_))

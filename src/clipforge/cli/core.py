@@ -63,7 +63,7 @@ def classify(model: Path = typer.Argument(..., help="a saved clipforge model dir
 def bench_fashion_zsl(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
                       set_: List[str] = typer.Option([], "--set", "-s", help="override a field of the default config"),
                       methods: str = typer.Option(",".join(FASHION_ALL), help="comma-separated methods")):
-    """The DESIGN.md Fashion-MNIST protocol: 5 seen/unseen splits, every method side by side."""
+    """The Fashion-MNIST protocol of docs/benchmarks.md: 5 seen/unseen splits, every method side by side."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..bench.fashion_zsl import run_fashion_zsl
     path = run_fashion_zsl(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_))

@@ -1,4 +1,4 @@
-"""Seen/unseen class splits. The protocol of DESIGN.md section 4, so numbers stay comparable."""
+"""Seen/unseen class splits. The protocol of docs/benchmarks.md, so numbers stay comparable."""
 from __future__ import annotations
 
 import random
