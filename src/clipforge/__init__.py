@@ -2,6 +2,8 @@
 
 Library API (the CLI is a thin layer over these):
     from clipforge import DualEncoder, ZeroShotClassifier, load_config, align
+open_clip-style (code written for open_clip, CLIP_benchmark among it, runs a clipforge model unchanged):
+    from clipforge import create_model_and_transforms, get_tokenizer
 """
 __version__ = "0.1.0"
 
@@ -9,6 +11,8 @@ from . import align
 from .config import RunConfig, load_config
 from .errors import ClipforgeError, ConfigError
 from .evaluate.zeroshot import ZeroShotClassifier
+from .factory import create_model_and_transforms, get_tokenizer
 from .model import DualEncoder
 
-__all__ = ["DualEncoder", "ZeroShotClassifier", "RunConfig", "load_config", "align", "ClipforgeError", "ConfigError"]
+__all__ = ["DualEncoder", "ZeroShotClassifier", "RunConfig", "load_config", "align", "ClipforgeError", "ConfigError",
+           "create_model_and_transforms", "get_tokenizer"]

@@ -5,10 +5,19 @@
 trained, or is a from-scratch tower). ``from_pretrained(dir)`` rebuilds the towers from their ids (and,
 for from-scratch towers, their saved ``tower_configs``: architecture and vocabulary) and loads the rest,
 so a locked 17 MB image tower is never copied into every saved model.
+
+Two faces on one model. The friendly one takes PIL images / uint8 arrays / strings and returns numpy
+(``encode_image(images)``, ``encode_text(texts)``: the CLI, serve, index and evaluation use it). The
+open_clip one takes tensors (``encode_image(pixels)``, ``encode_text(tokens)``, ``model(image, text)``), so
+code written for open_clip, CLIP_benchmark among it, runs a clipforge model unchanged; ``clipforge.factory``
+makes its preprocess and tokenizer. The methods dispatch on the input type rather than being renamed, so
+no existing caller had to change.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +55,40 @@ def _weights_needed(tower: Tower) -> bool:
     return not tower.is_locked or not getattr(tower, "weights_from_id", True)
 
 
+@dataclass
+class TextTokens:
+    """A batch of strings as the text tower takes them: what ``clipforge.get_tokenizer`` returns and the tensor
+    face of ``encode_text`` accepts. ``inputs`` is a dict of token tensors (transformers, sentence-transformers
+    and scratch towers) or, for frozen numpy/C towers that tokenise inside (pkg:use-m3, pkg:e5-small), the
+    strings themselves; ``.to(device)`` moves the tensors, as open_clip code expects, and keeps strings."""
+    inputs: dict | list
+
+    def to(self, device) -> "TextTokens":
+        if isinstance(self.inputs, Mapping):
+            return TextTokens({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()})
+        return self
+
+    def __len__(self) -> int:
+        if isinstance(self.inputs, Mapping):
+            return len(next(iter(self.inputs.values()))) if self.inputs else 0
+        return len(self.inputs)
+
+
+class _eval_mode:
+    """Eval mode for a friendly (numpy) call, the caller's mode restored after: evaluating mid-training must
+    not switch dropout off for the rest of the run."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self) -> None:
+        self.was_training = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.module.train(self.was_training)
+
+
 class DualEncoder(nn.Module):
     def __init__(self, image_tower: Tower, text_tower: Tower, head_cfg: HeadConfig, ensemble: int = 1, seed: int = 0,
                  tower_opts: dict | None = None):
@@ -79,18 +122,70 @@ class DualEncoder(nn.Module):
             emb = blend(emb, F.normalize(feats, dim=-1), self.bridge_alpha)
         return emb
 
-    @torch.inference_mode()
-    def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
-        """PIL images or a uint8 array batch -> L2-normalised embeddings (numpy)."""
-        self.eval()
-        feats = torch.from_numpy(self.image_tower.encode(images, batch_size))
-        return self.embed_image_features(feats).numpy()
+    def encode_image(self, images, batch_size: int = 64, *, normalize: bool = False):
+        """Two faces, chosen by the input type.
+
+        * PIL images or a uint8 array batch -> L2-normalised embeddings (numpy), in batches of ``batch_size``,
+          in eval mode (the mode the model was in is restored afterwards).
+        * A float tensor ``(N, C, H, W)`` made by the preprocess of ``clipforge.create_model_and_transforms``
+          -> a tensor, as open_clip's ``encode_image``: differentiable, in the model's current mode, on the
+          input's device. The heads already L2-normalise, so ``normalize=True`` changes nothing but is accepted.
+        """
+        if isinstance(images, torch.Tensor):
+            return self._image_tensor(images, normalize)
+        return self._embed_images(images, batch_size)
+
+    def encode_text(self, texts, batch_size: int = 64, *, normalize: bool = False):
+        """Strings -> L2-normalised embeddings (numpy); ``TextTokens`` (from ``clipforge.get_tokenizer``) or a
+        mapping of token tensors -> a tensor, as open_clip's ``encode_text`` (see ``encode_image``)."""
+        if isinstance(texts, (TextTokens, Mapping)):
+            return self._text_tensor(texts, normalize)
+        if isinstance(texts, torch.Tensor):
+            raise TypeError("encode_text takes strings or the tokens of clipforge.get_tokenizer(...)(texts), "
+                            "not a bare tensor: a clipforge text tower needs its attention mask (or its strings)")
+        return self._embed_texts(texts, batch_size)
 
     @torch.inference_mode()
-    def encode_text(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        self.eval()
-        feats = torch.from_numpy(self.text_tower.encode(list(texts), batch_size))
-        return self.embed_text_features(feats).numpy()
+    def _embed_images(self, images, batch_size: int) -> np.ndarray:
+        with _eval_mode(self):
+            feats = torch.from_numpy(self.image_tower.encode(images, batch_size)).to(self._device())
+            return self.embed_image_features(feats).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def _embed_texts(self, texts, batch_size: int) -> np.ndarray:
+        with _eval_mode(self):
+            feats = torch.from_numpy(self.text_tower.encode(list(texts), batch_size)).to(self._device())
+            return self.embed_text_features(feats).float().cpu().numpy()
+
+    def _image_tensor(self, pixels: torch.Tensor, normalize: bool) -> torch.Tensor:
+        emb = self.embed_image_features(self.image_tower(pixels))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def _text_tensor(self, tokens, normalize: bool) -> torch.Tensor:
+        inputs = tokens.inputs if isinstance(tokens, TextTokens) else dict(tokens)
+        # Frozen numpy/C towers answer on the CPU whatever the heads' device; move their features to the heads.
+        emb = self.embed_text_features(self.text_tower(inputs).to(self._device()))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def _device(self) -> torch.device:
+        return next(self.image_head.parameters()).device
+
+    def forward(self, image: torch.Tensor | None = None, text=None):
+        """open_clip's ``CLIP.forward``: ``(image_features, text_features, logit_scale)``, features L2-normalised
+        and ``logit_scale`` the exp'd, clamped temperature scale (a tensor), so ``logit_scale * img @ txt.T`` are
+        the model's logits. A model with a learned logit bias (SigLIP-style, ``head.init_bias``) appends it as a
+        fourth item, as open_clip's SigLIP models do. Either input may be ``None`` (its features are ``None``).
+
+        A Siamese similarity scores pairs with a network, not with a scaled cosine, so there is no
+        ``logit_scale`` to return and a cosine of the features would not be the model's score: this raises;
+        use ``encode_image`` / ``encode_text`` and ``model.logits(image_features, text_features)``."""
+        if not isinstance(self.similarity, CosineSimilarity):
+            raise ClipforgeError("model(image, text) needs head.similarity=cosine: a Siamese similarity has no "
+                                 "logit_scale; use model.logits(model.encode_image(x), model.encode_text(tokens))")
+        img = self.encode_image(image, normalize=True) if image is not None else None
+        txt = self.encode_text(text, normalize=True) if text is not None else None
+        out = (img, txt, self.similarity.scale)
+        return out + (self.similarity.logit_bias,) if self.similarity.logit_bias is not None else out
 
     def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         return self.similarity(image_emb, text_emb)
@@ -98,8 +193,9 @@ class DualEncoder(nn.Module):
     @torch.inference_mode()
     def similarity_matrix(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
         """Scores of every image (or text) embedding against every text embedding."""
-        self.eval()
-        return self.logits(torch.as_tensor(image_emb), torch.as_tensor(text_emb)).numpy()
+        with _eval_mode(self):
+            dev = self._device()
+            return self.logits(torch.as_tensor(image_emb).to(dev), torch.as_tensor(text_emb).to(dev)).cpu().numpy()
 
     # -- persistence ------------------------------------------------------------------------------
     def config_dict(self) -> dict:
