@@ -50,3 +50,10 @@ for spec in emoji-datasource-google@16.0.0 emojibase-data@17.0.0; do
 done
 
 python3 -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[all${extras:+,$extras}]"
+
+# CLIP_benchmark's own metric code for tests/test_openclip_face.py. --no-deps: its metric modules need only torch,
+# tqdm and scikit-learn (already here), while its declared requirements (open_clip, webdataset, ...) are not
+# needed, and a --no-deps install cannot be written in pyproject extras or the constraints file.
+if [ "$extras" = test ]; then
+  python3 -m pip install -q --disable-pip-version-check --no-deps clip-benchmark==1.6.2
+fi
