@@ -61,6 +61,7 @@ TESTS = [
     "tests/test_zeroshot_values.py",
     "tests/test_retrieval_values.py",
     "tests/test_baselines_values.py",
+    "tests/test_captions_values.py",
     "tests/test_gzsl_calibration.py",
     "tests/test_retrieval_objective.py",
     "tests/test_baselines_leaderboard.py",

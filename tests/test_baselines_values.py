@@ -114,3 +114,24 @@ def test_make_knows_every_baseline_and_names_an_unknown_one():
         base.image_embed(np.zeros((1, 2)))
     np.testing.assert_allclose(base.text_embed(np.array([[0.0, 5.0]])), [[0.0, 1.0]])
     assert base.text_embed(np.zeros((1, 2))).dtype == np.float32 and np.isfinite(base.text_embed(np.zeros((1, 2)))).all()
+
+
+def test_procrustes_by_hand_on_uncentred_features():
+    img, txt = _data(n=25, di=6, dt=3, seed=5)
+    img = img + 4.0                                        # far from the origin: centring matters
+    b = make("procrustes").fit(img, txt)
+    assert b.orthogonal is True and make("least-squares").orthogonal is False
+    x0 = (img - img.mean(0)) / img.std(0)
+    pca = np.linalg.svd(x0, full_matrices=False)[2][:3].T
+    y = _n(txt) - _n(txt).mean(0)
+    u, _, vt = np.linalg.svd((x0 @ pca).T @ y, full_matrices=False)
+    q = (img[:4] - img.mean(0)) / img.std(0) @ pca @ (u @ vt)
+    np.testing.assert_allclose(np.abs(b.image_embed(img[:4])), np.abs(_n(q)), atol=1e-4)   # PCA signs are free
+    np.testing.assert_allclose(b.image_embed(img[:4]) @ b.text_embed(txt[:4]).T, _n(q) @ _n(_n(txt[:4]) - _n(txt).mean(0)).T,
+                               atol=1e-4)
+
+
+def test_make_conse_passes_its_classifier_and_class_texts():
+    class_text = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    b = make("conse", classifier=lambda f: f * 50.0, class_text=class_text)
+    np.testing.assert_allclose(b.image_embed(np.array([[0.0, 1.0]], np.float32)), [[0.0, 1.0]], atol=1e-6)

@@ -112,6 +112,8 @@ def test_blend_gives_the_weighted_mean_of_the_two_cosines():
         c = blend(h1, b1, alpha) @ blend(h2, b2, alpha)
         assert float(c) == pytest.approx((1 - alpha) * float(h1 @ h2) + alpha * float(b1 @ b2), abs=1e-6)
     assert blend(h1, b1, 0.3).shape == (7,)
+    rows = blend(torch.stack([h1, h2]), torch.stack([b1, b2]), 0.3)      # a batch: joined along the features
+    assert rows.shape == (2, 7) and torch.allclose(rows[1], blend(h2, b2, 0.3))
 
 
 def test_siamese_score_is_tanh_of_the_mlp_of_the_absolute_difference():
@@ -134,3 +136,19 @@ def test_siamese_score_is_tanh_of_the_mlp_of_the_absolute_difference():
     assert two.branch_b[0].in_features == 5 and two.branch_a is not two.branch_b
     with pytest.raises(ValueError, match=r"equal widths \(got 3 and 5\)"):
         SiameseSimilarity(3, 5)
+
+
+def test_defaults_and_layer_structure():
+    assert CosineSimilarity().logit_scale.requires_grad                   # learnable unless told otherwise
+    torch.manual_seed(0)
+    first = Projection(3, 2)
+    assert torch.equal(HeadEnsemble(lambda: Projection(3, 2)).members[0].net.weight, first.net.weight)  # seed 0
+    s = SiameseSimilarity(3, 5, hidden=4, shared=False)
+    for branch in (s.branch_a, s.branch_b):
+        assert [type(m) for m in branch] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert [type(m) for m in s.score] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    with pytest.raises(ValueError) as e:
+        SiameseSimilarity(3, 5)
+    assert str(e.value).endswith("use separate branches or project both sides to one width first")
+    a, b = F.normalize(torch.randn(3, 2), dim=-1), F.normalize(torch.randn(3, 2), dim=-1)   # N != D
+    assert torch.allclose(CosineSimilarity().pair(a, b), torch.tensor([float(a[i] @ b[i]) for i in range(3)]), atol=1e-6)

@@ -58,8 +58,9 @@ def test_metrics_of_an_empty_split_are_zero():
 def test_owner_must_match_the_texts_and_index_the_images():
     with pytest.raises(ValueError, match="text_owner has 2 entries for 3 texts"):
         retrieval_metrics(IMG, TXT, [0, 1])
-    with pytest.raises(ValueError, match="must index into the images"):
+    with pytest.raises(ValueError) as e:
         retrieval_metrics(IMG, TXT, [0, 1, 3])
+    assert str(e.value) == "text_owner must index into the images"
     with pytest.raises(ValueError, match="must index into the images"):
         retrieval_metrics(IMG, TXT, [0, -1, 2])
     assert retrieval_metrics(IMG, TXT, [0, 1, 2])["MR"] > 0       # the last image is a valid owner

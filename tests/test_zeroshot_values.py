@@ -146,3 +146,30 @@ def test_evaluate_zeroshot_with_templates_and_given_image_embeddings():
     model5 = _Model(CosineSimilarity(0.5), five, images=np.eye(5, dtype=np.float32))
     m5 = evaluate_zeroshot(model5, None, np.arange(5), list("vwxyz"), ["a {}"])
     assert m5["acc1"] == 1.0 and m5["acc5"] == 1.0 and m5["n_classes"] == 5
+
+
+def test_classify_returns_five_by_default_and_h_needs_only_a_positive_sum():
+    table = {f"a {c}": np.eye(6)[i].tolist() for i, c in enumerate("uvwxyz")}
+    zs = ZeroShotClassifier(_Model(CosineSimilarity(0.5), table), ClassDescriptions(list("uvwxyz"), [[f"a {c}"] for c in "uvwxyz"]))
+    assert len(zs.classify(np.eye(6, dtype=np.float32)[:1])[0]) == 5
+    labels = np.array([0, 0, 1, 1, 2, 2, 2, 2])                # seen 0 (1/2 right), unseen 1, 2 (1/2 and 0 right)
+    pred = np.array([0, 1, 1, 0, 0, 0, 0, 0])
+    s = np.eye(3, dtype=np.float32)[pred]
+    m = gzsl_metrics(s, labels, seen=[0], unseen=[1, 2])
+    assert (m["gzsl_seen"], m["gzsl_unseen"]) == (0.5, 0.25) and m["gzsl_h"] == pytest.approx(2 * 0.5 * 0.25 / 0.75)
+
+
+def test_evaluate_zeroshot_encodes_images_only_when_no_embeddings_are_given():
+    table = {"a cat": [1.0, 0.0], "a dog": [0.0, 1.0]}
+    calls = []
+
+    class Model(_Model):
+        def encode_image(self, images, batch_size=64):
+            calls.append((images, batch_size))
+            return np.eye(2, dtype=np.float32)
+    model = Model(CosineSimilarity(0.5), table)
+    evaluate_zeroshot(model, ["i0", "i1"], np.array([0, 1]), ["cat", "dog"], ["a {}"], image_emb=np.eye(2, dtype=np.float32))
+    assert calls == []
+    evaluate_zeroshot(model, ["i0", "i1"], np.array([0, 1]), ["cat", "dog"], ["a {}"])
+    evaluate_zeroshot(model, ["i0"], np.array([0, 1]), ["cat", "dog"], ["a {}"], batch_size=8)
+    assert calls == [(["i0", "i1"], 64), (["i0"], 8)]
