@@ -15,6 +15,7 @@ from ..errors import ClipforgeError
 from . import app, bench_app, friendly
 from ..bench.leaderboard import TUX_ZH_ALL
 from .caption import _config_path
+from .core import TEMPLATES_HELP
 
 
 @app.command("distill")
@@ -37,49 +38,93 @@ def distill_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", he
 @app.command("zeroshot")
 @friendly
 def zeroshot_cmd(model: Path = typer.Argument(..., help="a saved clipforge model directory"),
-                 data: str = typer.Option(..., help="cifar10:<dir>, cifar100:<dir> (python-pickle format) or fashion-mnist"),
-                 lang: str = typer.Option("en", help="class names and templates: en, zh, or both"),
+                 data: str = typer.Option(..., help="folder:<dir> (one sub-folder per class, '_' read as a space), "
+                                                    "cifar10:<dir>, cifar100:<dir> (python-pickle format) or fashion-mnist"),
+                 lang: str = typer.Option("en", help="which class names of a dataset: en, zh, or both (a folder's "
+                                                     "names are its sub-folder names)"),
                  labels: Optional[str] = typer.Option(None, help="comma-separated class names to use instead (label order)"),
-                 templates: Optional[str] = typer.Option(None, help="'|'-separated templates with {} (default: the language's set)"),
-                 split: str = typer.Option("test", help="train or test"),
+                 templates: Optional[str] = typer.Option(None, help=TEMPLATES_HELP),
+                 split: str = typer.Option("test", help="train or test (CIFAR, Fashion-MNIST)"),
                  per_class: Optional[int] = typer.Option(None, help="at most N images per class (quick runs)"),
-                 out: Optional[Path] = typer.Option(None, help="write the metrics JSON here")):
-    """Zero-shot classification as CLIP_benchmark runs it: class names x templates, acc1 / acc5 / mean per-class recall."""
+                 out: Optional[Path] = typer.Option(None, help="write CLIP_benchmark-style JSON here")):
+    """Zero-shot classification as CLIP_benchmark runs it: class names x templates, acc1 / acc5 / mean per-class recall.
+
+    With one language the JSON has ``metrics.acc1``, ``metrics.acc5`` and ``metrics.mean_per_class_recall``
+    (with fewer than 5 classes acc5 is 1: every class is in the top 5); with ``--lang both`` ``metrics.en`` and
+    ``metrics.zh`` each hold them. Images of a folder that do not decode are skipped and listed under ``skipped``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import time
 
     from ..bench.env import environment
     from ..data.cifar import load_zeroshot_source
-    from ..data.templates_zh import class_names_zh, template_set
+    from ..data.prompts import language_of, parse_templates, split_labels, template_set
+    from ..data.templates_zh import CLASS_NAMES_ZH
     from ..evaluate.zeroshot import evaluate_zeroshot
     from ..model import DualEncoder
     langs = ["en", "zh"] if lang == "both" else [lang]
     if any(lg not in ("en", "zh") for lg in langs):
         raise ClipforgeError(f"--lang must be en, zh or both, not {lang!r}")
+    tmpl = parse_templates(templates)
     t0 = time.time()
-    m = DualEncoder.from_pretrained(model)
     ds = load_zeroshot_source(data, split).per_class(per_class)
-    emb = m.encode_image(ds.images)
+    given = split_labels(labels) if labels else None
+    if given is not None and len(given) != len(ds.class_names):
+        raise ClipforgeError(f"--labels has {len(given)} names but the data has {len(ds.class_names)} classes")
+    if given is None and "zh" in langs and ds.name not in CLASS_NAMES_ZH:
+        raise ClipforgeError(f"--lang zh: no Chinese class names for '{data}'; give them with --labels "
+                             "(in label order) or name the class folders in Chinese and use --lang en")
+    m = DualEncoder.from_pretrained(model)
+    emb, y, skipped = _embed_zeroshot_images(m, ds)
     result = {"dataset": data, "model": str(model), "task": "zeroshot_classification", "split": split,
-              "n_images": len(ds), "metrics": {}}
+              "n_images": int(len(y)), "metrics": {}}
     for lg in langs:
-        if labels:
-            names = [s.strip() for s in labels.split(",") if s.strip()]
-            if len(names) != len(ds.class_names):
-                raise ClipforgeError(f"--labels has {len(names)} names but the data has {len(ds.class_names)} classes")
-        else:
-            names = ds.class_names if lg == "en" else class_names_zh(ds.name)
-        tmpl = [t for t in templates.split("|")] if templates else template_set(lg)
-        r = evaluate_zeroshot(m, None, ds.labels, names, tmpl, image_emb=emb)
-        result["metrics"][lg] = {**r, "class_names": names, "templates": tmpl}
-        typer.echo(f"{lg}: acc1 {r['acc1']:.3f}  acc5 {r.get('acc5', float('nan')):.3f}  "
-                   f"mean per-class recall {r['mean_per_class_recall']:.3f}  ({len(ds)} images, {len(names)} classes)")
+        names = given or (list(ds.class_names) if lg == "en" else list(CLASS_NAMES_ZH[ds.name]))
+        r = evaluate_zeroshot(m, None, y, names, tmpl, image_emb=emb)
+        if "acc5" not in r:
+            r["acc5"] = 1.0
+        used = tmpl if tmpl is not None else {lg2: template_set(lg2) for lg2 in sorted({language_of(n) for n in names})}
+        used = next(iter(used.values())) if isinstance(used, dict) and len(used) == 1 else used
+        result["metrics"][lg] = {**r, "class_names": names, "templates": used}
+        typer.echo(f"{lg}: acc1 {r['acc1']:.3f}  acc5 {r['acc5']:.3f}  mean per-class recall "
+                   f"{r['mean_per_class_recall']:.3f}  ({len(y)} images, {len(names)} classes)")
+    if len(langs) == 1:  # CLIP_benchmark's layout: the metrics of the one language at the top
+        one = result["metrics"].pop(langs[0])
+        result["language"] = langs[0]
+        result["class_names"], result["templates"] = one.pop("class_names"), one.pop("templates")
+        result["metrics"] = one
+    if skipped:
+        result["skipped"] = [{"item": i, "reason": why} for i, why in skipped]
+        typer.echo(f"  skipped {len(skipped)} file(s) that do not decode, e.g. {skipped[0][0]}: {skipped[0][1]}"
+                   + (" (all listed under 'skipped' in the JSON)" if out else ""))
     result["wall_seconds"] = round(time.time() - t0, 1)
     result["env"] = environment()
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
         typer.echo(f"wrote {out}")
+
+
+def _embed_zeroshot_images(m, ds):
+    """(embeddings, labels, skipped) of a zero-shot set: an array set in one go; files decoded in a thread pool,
+    a file that does not decode skipped with its reason (never fatal unless none decodes)."""
+    import numpy as np
+    import torch
+
+    from ..cache import embed_images
+    if isinstance(ds.images, np.ndarray):
+        return m.encode_image(ds.images), np.asarray(ds.labels), []
+    got = embed_images(m.image_tower, ds.images, progress=False)
+    if not len(got.kept):
+        first = f"; e.g. {got.skipped[0][0]}: {got.skipped[0][1]}" if got.skipped else ""
+        raise ClipforgeError(f"--data {ds.name}: no image decodes ({len(got.skipped)} files skipped{first})")
+    was_training = m.training
+    m.eval()
+    try:
+        with torch.inference_mode():
+            emb = m.embed_image_features(torch.from_numpy(got.features)).float().numpy()
+    finally:
+        m.train(was_training)
+    return emb, np.asarray(ds.labels)[got.kept], list(got.skipped)
 
 
 @app.command("export")

@@ -33,23 +33,30 @@ def align(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
                f"({result['seconds']['total']:.0f} s)")
 
 
+TEMPLATES_HELP = ("prompt templates with {} for the class name: a file with one template per line, or an inline "
+                  "list separated by '|' (or ',' when there is no '|'). Default: each label's language (Chinese "
+                  "labels the Chinese set, others English)")
+
+
 @app.command()
 @friendly
 def classify(model: Path = typer.Argument(..., help="a saved clipforge model directory"),
              images: List[Path] = typer.Argument(..., help="image files"),
-             labels: str = typer.Option(..., help="comma-separated class names"),
+             labels: str = typer.Option(..., help="class names separated by commas (also ';', newlines, '，', '、')"),
+             templates: Optional[str] = typer.Option(None, help=TEMPLATES_HELP),
              top: int = typer.Option(3)):
-    """Zero-shot classify images against your own labels."""
+    """Zero-shot classify images against your own labels (the same classifier as the web service's)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..data.descriptions import from_templates
     from ..data.images import load_image
-    from ..evaluate.zeroshot import ZeroShotClassifier
+    from ..data.prompts import parse_templates, split_labels
+    from ..evaluate.zeroshot import zero_shot_classifier
     from ..model import DualEncoder
-    m = DualEncoder.from_pretrained(model)
-    names = [s.strip() for s in labels.split(",") if s.strip()]
+    names = split_labels(labels)
     if not names:
-        raise ClipforgeError("--labels needs at least one class name")
-    zs = ZeroShotClassifier(m, from_templates(names))
+        raise ClipforgeError("--labels needs at least one class name, e.g. --labels 'cat,dog'")
+    tmpl = parse_templates(templates)
+    m = DualEncoder.from_pretrained(model)
+    zs = zero_shot_classifier(m, names, tmpl)
     for path in images:
         img, reason = load_image(path)
         if img is None:

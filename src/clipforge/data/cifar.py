@@ -123,9 +123,19 @@ def write_cifar(root: str | Path, images: np.ndarray, labels: np.ndarray, class_
     return root
 
 
-def load_zeroshot_source(spec: str, split: str = "test") -> ArraySet:
-    """``cifar10:<dir>``, ``cifar100:<dir>`` or ``fashion-mnist`` -> an ArraySet for zero-shot evaluation."""
+def load_zeroshot_source(spec: str, split: str = "test"):
+    """``cifar10:<dir>``, ``cifar100:<dir>`` or ``fashion-mnist`` -> an ArraySet for zero-shot evaluation;
+    ``folder:<dir>`` (one sub-folder per class, ``_`` in a folder name read as a space: ``ankle_boot`` is the
+    class "ankle boot") -> a ClassDataset of file paths (``split`` does not apply; files are decoded later,
+    where a file that does not decode is skipped and reported)."""
     scheme, _, rest = spec.partition(":")
+    if scheme == "folder":
+        if not rest:
+            raise ClipforgeError(f"'{spec}' needs the folder: folder:<dir with one sub-folder per class>")
+        from .folders import load_image_folder
+        ds = load_image_folder(rest)
+        ds.class_names = [" ".join(n.replace("_", " ").split()) for n in ds.class_names]
+        return ds
     if scheme in ("cifar10", "cifar100"):
         if not rest:
             raise ClipforgeError(f"'{spec}' needs the folder: {scheme}:<unpacked python-pickle folder>")
@@ -134,7 +144,8 @@ def load_zeroshot_source(spec: str, split: str = "test") -> ArraySet:
         from .fashion_mnist import CLASS_NAMES, load_fashion_mnist
         ds = load_fashion_mnist(split)
         return ArraySet("fashion-mnist", np.asarray(ds.images), np.asarray(ds.labels, dtype=np.int64), list(CLASS_NAMES))
-    raise ClipforgeError(f"unknown zero-shot dataset '{spec}': use cifar10:<dir>, cifar100:<dir> or fashion-mnist")
+    raise ClipforgeError(f"unknown zero-shot dataset '{spec}': use folder:<dir>, cifar10:<dir>, cifar100:<dir> "
+                         "or fashion-mnist")
 
 
 __all__ = ["ArraySet", "load_cifar", "write_cifar", "load_zeroshot_source"]

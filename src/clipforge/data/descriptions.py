@@ -16,18 +16,10 @@ import numpy as np
 import yaml
 
 from ..errors import ConfigError
+from .prompts import EN_TEMPLATES, check_templates, prompts
 
-# A short CLIP-style set: fewer, varied templates help as much as CLIP's 80 on small text towers.
-DEFAULT_TEMPLATES = [
-    "a photo of a {}.",
-    "a black and white photo of a {}.",
-    "a low resolution photo of a {}.",
-    "a photo of the {}.",
-    "a close-up photo of a {}.",
-    "a product photo of a {}.",
-    "a drawing of a {}.",
-    "a {}.",
-]
+# The English prompt set (data/prompts.py holds it, beside its Chinese counterpart and the language rule).
+DEFAULT_TEMPLATES = EN_TEMPLATES
 
 PACKAGED = {"fashion-mnist": "fashion_mnist_descriptions.yaml"}
 
@@ -61,17 +53,12 @@ class ClassDescriptions:
 
 
 def from_templates(class_names: list[str], templates: list[str] | None = None) -> ClassDescriptions:
-    """Every class name in every template. ``templates=None``: each class gets the prompts of its own language
-    (Chinese names the zh set of data/templates_zh.py, other names DEFAULT_TEMPLATES), so mixed lists work."""
-    if templates is None:
-        from .templates_zh import templates_for
-        per_class = [templates_for(n) for n in class_names]
-    else:
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise ConfigError(f"templates must contain '{{}}' where the class name goes; bad: {bad}")
-        per_class = [templates] * len(class_names)
-    return ClassDescriptions(class_names, [[t.format(n) for t in ts] for n, ts in zip(class_names, per_class)])
+    """Every class name in every template, by the rules of data/prompts.py: ``templates=None`` gives each class
+    the prompts of its own language (Chinese names ZH_TEMPLATES, other names DEFAULT_TEMPLATES), so mixed lists
+    work; a name's own article is never doubled ("a cat" -> "a photo of a cat.")."""
+    if templates is not None:
+        templates = check_templates(templates)
+    return ClassDescriptions(list(class_names), [prompts(n, templates) for n in class_names])
 
 
 def _parse_file(path: Path, class_names: list[str]) -> list[list[str]]:

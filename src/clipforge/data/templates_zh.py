@@ -1,29 +1,15 @@
 """Chinese prompts and class names, so a user can type zero-shot labels in Chinese (AltCLIP / CLIP-Chinese style).
 
-* ``ZH_TEMPLATES``: the Chinese counterpart of ``descriptions.DEFAULT_TEMPLATES`` (same eight prompts,
-  translated; "一张{}的照片。" = "a photo of a {}.").
-* ``template_set("en" | "zh" | "auto")`` and ``templates_for(name)``: with "auto" a class name containing CJK
-  characters gets the zh set, any other name the en set, so a mixed-language label list works (each class
-  uses the prompts of its own language).
+* ``ZH_TEMPLATES``, ``template_set("en" | "zh")``, ``is_chinese`` and ``templates_for(name)`` are re-exported
+  from data/prompts.py, which holds the prompts and the one language rule (a class name with Chinese characters
+  gets the zh set, any other name the en set) that every zero-shot path shares.
 * Chinese class names of Fashion-MNIST, CIFAR-10 and CIFAR-100 in their label order (CIFAR-100: the
   ``fine_label_names`` order of the python-pickle ``meta`` file).
 """
 from __future__ import annotations
 
-import re
-
 from ..errors import ConfigError
-
-ZH_TEMPLATES = [
-    "一张{}的照片。",
-    "一张{}的黑白照片。",
-    "一张低分辨率的{}的照片。",
-    "这张{}的照片。",
-    "一张{}的特写照片。",
-    "一张{}的商品照片。",
-    "一幅{}的画。",
-    "一个{}。",
-]
+from .prompts import ZH_TEMPLATES, is_chinese, template_set, templates_for  # noqa: F401  (re-exported)
 
 FASHION_MNIST_ZH = ["T恤", "裤子", "套头衫", "连衣裙", "外套", "凉鞋", "衬衫", "运动鞋", "包", "短靴"]
 
@@ -43,26 +29,6 @@ CIFAR100_ZH = [
 ]
 
 CLASS_NAMES_ZH = {"fashion-mnist": FASHION_MNIST_ZH, "cifar10": CIFAR10_ZH, "cifar100": CIFAR100_ZH}
-
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-def is_chinese(text: str) -> bool:
-    return bool(_CJK.search(text))
-
-
-def template_set(language: str) -> list[str]:
-    from .descriptions import DEFAULT_TEMPLATES
-    if language == "en":
-        return list(DEFAULT_TEMPLATES)
-    if language == "zh":
-        return list(ZH_TEMPLATES)
-    raise ConfigError(f"template language must be 'en', 'zh' or 'auto', not {language!r}")
-
-
-def templates_for(name: str) -> list[str]:
-    """The prompt set in the language of ``name`` (zh when it has CJK characters)."""
-    return template_set("zh" if is_chinese(name) else "en")
 
 
 def class_names_zh(dataset: str) -> list[str]:

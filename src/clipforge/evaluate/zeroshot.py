@@ -1,7 +1,10 @@
 """Zero-shot classification, decoupled from training (after open_clip's zero_shot_classifier.py).
 
 A ``ZeroShotClassifier`` is built once from a model, class names and their descriptions (or templates)
-and then scores any image embeddings; evaluation and the web service share it. With cosine similarity a
+and then scores any image embeddings. ``zero_shot_classifier(model, class_names, templates=None)`` is the one
+way labels become a classifier: ``clipforge classify``, ``clipforge zeroshot``, the web service and library
+users all call it, so the prompts (data/prompts.py: the language rule, the article rule) and the
+probabilities are the same everywhere. With cosine similarity a
 class is the re-normalised mean of its description embeddings (CLIP's template ensemble); with a
 Siamese similarity a class score is the mean of its description scores.
 """
@@ -11,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.descriptions import ClassDescriptions
+from ..data.descriptions import ClassDescriptions, from_templates
 from ..heads import CosineSimilarity
 
 
@@ -39,15 +42,26 @@ class ZeroShotClassifier:
         s = self.model.similarity(z, self.text_emb)                                # (N, V)
         return (s @ self.membership.T / self.membership.sum(1)).numpy()
 
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Softmax over the last axis of class ``scores`` at the model's logit scale (10 for a Siamese score)."""
+        # detached: the scale is a learnable parameter, and float() of a tensor that needs grad warns
+        scale = float(self.model.similarity.scale.detach()) if self.cosine else 10.0
+        return torch.softmax(torch.from_numpy(np.asarray(scores)) * scale, -1).numpy()
+
     def classify(self, image_emb, classes: list[int] | None = None, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) per image, restricted to ``classes`` if given."""
         s = self.scores(image_emb)
         cols = list(range(len(self.class_names))) if classes is None else list(classes)
-        s = s[:, cols]
-        scale = float(self.model.similarity.scale) if self.cosine else 10.0
-        p = torch.softmax(torch.from_numpy(s) * scale, -1).numpy()
+        p = self.probabilities(s[:, cols])
         order = np.argsort(-p, 1)[:, :k]
         return [[(self.class_names[cols[j]], float(p[i, j])) for j in row] for i, row in enumerate(order)]
+
+
+def zero_shot_classifier(model, class_names: list[str], templates: list[str] | None = None) -> ZeroShotClassifier:
+    """open_clip's ``build_zero_shot_classifier`` for a clipforge model: every class name in every template
+    (``templates=None``: the set of each name's language), embedded once, averaged and re-normalised per class;
+    scoring is then one matmul. Names are kept as given (a caller that read ``_`` as a space did so already)."""
+    return ZeroShotClassifier(model, from_templates(list(class_names), templates))
 
 
 def topk_metrics(scores: np.ndarray, labels: np.ndarray, classes: list[int]) -> dict:
@@ -100,10 +114,9 @@ def evaluate_zeroshot(model, images, labels: np.ndarray, class_names: list[str],
     """CLIP_benchmark-style zero-shot classification: every class name x every template, embeddings averaged
     and re-normalised per class; acc1, acc5 and mean per-class recall over all classes.
 
-    ``templates=None`` gives each class the prompts of its own language (data/templates_zh.py), so Chinese
+    ``templates=None`` gives each class the prompts of its own language (data/prompts.py), so Chinese
     class names get Chinese prompts. ``image_emb`` may be passed to reuse image embeddings across languages."""
-    from ..data.descriptions import from_templates
-    zs = ZeroShotClassifier(model, from_templates(list(class_names), templates))
+    zs = zero_shot_classifier(model, class_names, templates)
     emb = model.encode_image(images, batch_size) if image_emb is None else image_emb
     m = topk_metrics(zs.scores(emb), np.asarray(labels), list(range(len(class_names))))
     out = {"acc1": m["top1"], "mean_per_class_recall": m["mean_per_class_recall"], "n": int(len(labels)),

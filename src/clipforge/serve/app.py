@@ -21,23 +21,21 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ..data.descriptions import ClassDescriptions, DEFAULT_TEMPLATES
 from ..data.images import MAX_PIXELS
+from ..data.prompts import split_labels
 from ..errors import ClipforgeError
-from ..evaluate.zeroshot import ZeroShotClassifier
+from ..evaluate.zeroshot import zero_shot_classifier
 from ..index import ImageIndex, LiveIndex
 from ..index.store import MAX_ID
 from ..similarity import Image as ImageItem
@@ -51,11 +49,6 @@ from .uploads import BodyLimit, decode_upload
 
 log = logging.getLogger("clipforge.serve")
 STATIC = Path(__file__).parent / "static"
-# Templates for labels written in Chinese/Japanese/Korean script: an English sentence around a CJK word helps
-# no tower; a multilingual tower gets a sentence in the label's own language, a monolingual one the bare label.
-CJK_TEMPLATES = ["一张{}的照片。", "{}的图片。", "{}"]
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-_LABEL_SPLIT = re.compile(r"[,\n;，、；]+")
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
                                            "script-src 'self'; object-src 'none'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
@@ -86,18 +79,9 @@ class ServeSettings:
                             max_decoded_bytes=int(self.max_decoded_mb * 1024 * 1024))
 
 
-def templates_for(label: str) -> list[str]:
-    return CJK_TEMPLATES if _CJK.search(label) else DEFAULT_TEMPLATES
-
-
 def parse_labels(text: str, settings: ServeSettings) -> list[str]:
     """'cat, dog\\n猫，狗' -> ['cat', 'dog', '猫', '狗'] (commas, semicolons, newlines, ideographic commas)."""
-    labels, seen = [], set()
-    for raw in _LABEL_SPLIT.split(text or ""):
-        lab = " ".join(raw.split())
-        if lab and lab not in seen:
-            seen.add(lab)
-            labels.append(lab)
+    labels = split_labels(text)
     if not labels:
         raise HTTPException(422, "give at least one label (comma- or newline-separated)")
     if len(labels) > settings.max_labels:
@@ -214,17 +198,17 @@ def create_app(index: ImageIndex | str | Path, settings: ServeSettings | None = 
     def classify(file: UploadFile = File(..., description="an image"),
                  labels: str = Form(..., description="class names, comma- or newline-separated (any script)")):
         """Zero-shot classification of the upload against your labels: probabilities (softmax over the model's
-        logits) and cosine scores, best first. English labels use CLIP-style sentence templates."""
+        logits) and cosine scores, best first. The prompts are those of ``clipforge classify`` (one classifier,
+        evaluate.zeroshot.zero_shot_classifier): Chinese labels get Chinese templates, other labels English ones."""
         names = parse_labels(labels, s)
         vec = _embed(file)
         key = tuple(names)
         zs = classifiers.get(key)
         if zs is None:
-            zs = ZeroShotClassifier(m, ClassDescriptions(names, [[t.format(n) for t in templates_for(n)] for n in names]))
+            zs = zero_shot_classifier(m, names)
             classifiers.put(key, zs)
         scores = zs.scores(vec)[0]
-        scale = float(m.similarity.scale.detach()) if zs.cosine else 10.0
-        p = torch.softmax(torch.from_numpy(scores * scale), -1).numpy()
+        p = zs.probabilities(scores)
         order = np.argsort(-p)
         return {"labels": [{"label": names[i], "probability": float(p[i]), "score": float(scores[i])} for i in order]}
 
