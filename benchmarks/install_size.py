@@ -72,6 +72,7 @@ def main() -> int:
                            cwd=work, env=run_env, capture_output=True, text=True)
         align_s = time.time() - t_align
         results = json.loads((work / "runs" / "fashion-zsl" / "results.json").read_text()) if r.returncode == 0 else {}
+        largest = top_packages(site)
     out = {
         "dataset": "install", "model": "clipforge core (no extras)", "task": "install-size",
         "metrics": {"core_venv_gib": round(sizes["du_mib"] / 1024, 3),
@@ -80,7 +81,7 @@ def main() -> int:
                     "install_seconds": round(install_s, 1), "align_exit_code": r.returncode,
                     "align_seconds": round(align_s, 1), "extras_leaked_into_core": leaked,
                     "align_unseen_top1": results.get("metrics", {}).get("unseen_top1")},
-        "largest_packages_mib": top_packages(site),
+        "largest_packages_mib": largest,
         "align_output_tail": (r.stdout + r.stderr)[-1500:],
         "wall_seconds": round(time.time() - t0, 1), "python": platform.python_version(),
         "note": "du of the whole venv (pip, setuptools and the bytecode pip compiles at install included); "

@@ -84,7 +84,10 @@ def test_serve_without_the_extra_is_one_line_on_the_cli(monkeypatch, tmp_path):
 def test_training_without_tensorboard_notes_it_once_and_goes_on(monkeypatch, tmp_path, capsys):
     _block(monkeypatch, "tensorboard")
     from clipforge.train import tensorboard_writer
+    import clipforge.train
+    monkeypatch.setattr(clipforge.train, "_NOTED", [])
     assert tensorboard_writer(tmp_path / "tb") is None
+    assert tensorboard_writer(tmp_path / "tb2") is None   # an ensemble: many trainers, one note
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "clipforge[tensorboard]" in err
     assert not (tmp_path / "tb").exists()

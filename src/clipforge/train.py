@@ -63,11 +63,16 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+_NOTED: list = []
+
+
 def tensorboard_writer(directory: Path):
     """A SummaryWriter, or None with one note naming the extra when TensorBoard is not installed: curves are a
     by-product of training, so their absence must not stop a run of the light core."""
     if not available("tensorboard"):
-        print(f"note: {MissingExtra('training curves', 'tensorboard', 'tensorboard')}", file=sys.stderr)
+        if not _NOTED:  # once per process: an ensemble trains many heads
+            _NOTED.append(True)
+            print(f"note: {MissingExtra('training curves', 'tensorboard', 'tensorboard')}", file=sys.stderr)
         return None
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(str(directory))
