@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+import clipforge
 import useutil
 from clipforge.cli import app as cli_app
 from clipforge.data.images import load_image
@@ -59,6 +60,7 @@ def test_the_page_and_the_cli_give_the_same_ranking_and_probabilities(served, la
     np.testing.assert_allclose([p for _, p in page], [p for _, p in cli], atol=1e-5)
     model = DualEncoder.from_pretrained(useutil.trained_model_dir())   # ... and the library, with the same call
     names = [n for n, _ in page]
+    assert clipforge.zero_shot_classifier is zero_shot_classifier
     lib = zero_shot_classifier(model, names).classify(model.encode_image([load_image(image)[0]]), k=len(names))[0]
     np.testing.assert_allclose([dict(lib)[n] for n in names], [p for _, p in page], atol=1e-5)
 

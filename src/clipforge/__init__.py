@@ -2,6 +2,7 @@
 
 Library API (the CLI is a thin layer over these):
     from clipforge import DualEncoder, ZeroShotClassifier, load_config, align
+    zero_shot_classifier(model, class_names, templates=None): the classifier of `clipforge classify` and the service
 open_clip-style (code written for open_clip, CLIP_benchmark among it, runs a clipforge model unchanged):
     from clipforge import create_model_and_transforms, get_tokenizer
 """
@@ -10,9 +11,9 @@ __version__ = "0.1.0"
 from . import align
 from .config import RunConfig, load_config
 from .errors import ClipforgeError, ConfigError
-from .evaluate.zeroshot import ZeroShotClassifier
+from .evaluate.zeroshot import ZeroShotClassifier, zero_shot_classifier
 from .factory import create_model_and_transforms, get_tokenizer
 from .model import DualEncoder
 
 __all__ = ["DualEncoder", "ZeroShotClassifier", "RunConfig", "load_config", "align", "ClipforgeError", "ConfigError",
-           "create_model_and_transforms", "get_tokenizer"]
+           "create_model_and_transforms", "get_tokenizer", "zero_shot_classifier"]
