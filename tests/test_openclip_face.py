@@ -13,12 +13,11 @@ import torch
 from PIL import Image
 
 import clipforge
-from clipforge.data.descriptions import DEFAULT_TEMPLATES
+from clipforge.data.descriptions import DEFAULT_TEMPLATES, from_templates
 from clipforge.data.images import load_image
 from clipforge.errors import ClipforgeError
 from clipforge.evaluate.retrieval import retrieval_metrics
 from clipforge.evaluate.zeroshot import ZeroShotClassifier, evaluate_zeroshot
-from clipforge.data.descriptions import from_templates
 from clipforge.model import DualEncoder, TextTokens
 
 from captionutil import make_caption_set
