@@ -41,6 +41,13 @@ def test_a_constant_image_feature_is_ignored_not_divided_by_zero():
     other[:, 2] = -50.0                                    # a dead feature cannot change an embedding
     np.testing.assert_allclose(b.image_embed(other), b.image_embed(img), atol=1e-6)
     assert np.isfinite(make("procrustes").fit(img, txt).image_embed(img)).all()
+    wide = img.copy()                                       # the threshold is relative to the largest spread:
+    wide[:, 0] *= 1000.0                                    # x1000 on one feature makes 1e-5 * arange dead ...
+    wide[:, 4] = 1e-5 * np.arange(len(img))
+    assert np.isinf(make("least-squares").fit(wide, txt).sd[4])
+    small = img * 1e-3                                      # ... and on small features 1e-7 * arange is alive
+    small[:, 4] = 1e-7 * np.arange(len(img))
+    assert np.isfinite(make("least-squares").fit(small, txt).sd[4])
 
 
 def test_procrustes_pca_width_is_the_smallest_of_text_width_samples_and_image_width():

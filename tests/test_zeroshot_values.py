@@ -173,3 +173,12 @@ def test_evaluate_zeroshot_encodes_images_only_when_no_embeddings_are_given():
     evaluate_zeroshot(model, ["i0", "i1"], np.array([0, 1]), ["cat", "dog"], ["a {}"])
     evaluate_zeroshot(model, ["i0"], np.array([0, 1]), ["cat", "dog"], ["a {}"], batch_size=8)
     assert calls == [(["i0", "i1"], 64), (["i0"], 8)]
+
+
+def test_gzsl_is_uncalibrated_by_default_and_recall_skips_classes_without_images():
+    labels = np.array([0, 1])
+    scores = np.array([[0.9, 0.2, 0.0], [0.6, 0.5, 0.0]], np.float32)
+    m = gzsl_metrics(scores, labels, seen=[0], unseen=[1])
+    assert m["gzsl_gamma"] == 0.0 and (m["gzsl_seen"], m["gzsl_unseen"]) == (1.0, 0.0)
+    t = topk_metrics(scores, labels, classes=[0, 1, 2])          # class 2 has no test image: not in the mean
+    assert t["mean_per_class_recall"] == 0.5 and t["top1"] == 0.5
