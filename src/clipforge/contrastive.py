@@ -5,7 +5,8 @@ One module owns the forward so DistributedDataParallel can wrap it (``loss = ddp
 
 * each side comes either from cached features (a locked tower: LiT) or from the tower itself (an unlocked
   tower, or augmentation), under bf16/fp16 autocast when asked;
-* every head of the ensemble gets its own loss, averaged;
+* every head of the ensemble gets its own loss, averaged; the K heads' logits come from one batched matmul and
+  their losses from one batched op (``members_clip_loss``), no Python loop over heads;
 * features are gathered across ranks with gradients, so negatives are the global batch's;
 * positives are pairs with the same image id, so an image captioned twice in one batch is not its own
   negative;
@@ -22,11 +23,12 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .extras import require
 from .distributed import gather_no_grad
-from .losses import clip_loss, gather_with_grad, pair_loss, siglip_loss
+from .losses import gather_with_grad, pair_loss, siglip_loss
 
 
 @dataclass
@@ -41,6 +43,21 @@ class CaptionBatch:
 
     def slice(self, s: slice) -> "CaptionBatch":
         return CaptionBatch(self.images[s], self.texts[s], self.owners[s])
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def members_clip_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """The mean over K heads of ``clip_loss(logits[k], positives)`` for (K, N, M) logits, in batched ops: each
+    direction's log-softmax runs once over all heads (the text->image one along dim -2, no transposed copy)."""
+    rows = positives / positives.sum(-1, keepdim=True).clamp_min(1e-12)
+    cols = positives / positives.sum(-2, keepdim=True).clamp_min(1e-12)
+    i2t = -(rows * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    t2i = -(cols * F.log_softmax(logits, dim=-2)).sum(-2).mean()
+    return 0.5 * (i2t + t2i)
 
 
 def autocast(precision: str, device: str = "cpu"):
@@ -88,21 +105,17 @@ class ContrastiveObjective(nn.Module):
     def loss_from_embeddings(self, img: torch.Tensor, txt: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
         # one gather per ensemble member: gathering a transposed (B, K, D) view sends non-contiguous gradients
         # through gloo's all-to-all backward, which silently scrambles them (tests/test_distributed.py)
-        img_all = torch.stack([gather_with_grad(member.contiguous()) for member in img])
+        img_all = torch.stack([gather_with_grad(member.contiguous()) for member in img]) if _distributed() else img
         txt_all = gather_with_grad(txt)
         own = gather_no_grad(owners)
         positives = (own[:, None] == own[None, :]).float()
         if self.kind == "pair":
             return self.pair_loss(img_all, txt_all, positives)
-        losses = []
-        for member in img_all:
-            logits = self.model.similarity(member, txt_all)
-            if self.kind == "clip":
-                loss = clip_loss(logits, positives)
-                losses.append(loss * 2 if self.reduction == "sum" else loss)
-            else:
-                losses.append(siglip_loss(logits, positives))
-        return torch.stack(losses).mean()
+        logits = self.model.similarity(img_all, txt_all)                 # (K, N, N), one matmul for all heads
+        if self.kind == "clip":
+            loss = members_clip_loss(logits, positives)
+            return loss * 2 if self.reduction == "sum" else loss
+        return siglip_loss(logits, positives)                            # mean over heads and rows
 
     def pair_loss(self, img_all: torch.Tensor, txt_all: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         """The seed's objective: image i with caption i (+1) and with one random caption of another image (-1)."""
@@ -112,12 +125,9 @@ class ContrastiveObjective(nn.Module):
             raise ValueError("the pair loss needs at least two different images in every batch")
         neg = torch.multinomial(wrong, 1).squeeze(1)                      # a wrong caption per image
         labels = torch.cat([torch.ones(n), -torch.ones(n)]).to(txt_all.device)
-        losses = []
-        for member in img_all:
-            a, b = torch.cat([member, member]), torch.cat([txt_all, txt_all[neg]])
-            scores = self.model.similarity.pair(a, b)
-            losses.append(pair_loss(scores, labels, self.pair_variant))
-        return torch.stack(losses).mean()
+        a, b = torch.cat([img_all, img_all], 1), torch.cat([txt_all, txt_all[neg]])  # (K, 2N, D), (2N, D)
+        scores = self.model.similarity.pair(a, b)                                   # (K, 2N): all heads at once
+        return pair_loss(scores, labels.expand_as(scores), self.pair_variant)       # mean over heads and pairs
 
     def forward(self, batch: CaptionBatch) -> torch.Tensor:
         img, txt = self.embed(batch)

@@ -3,7 +3,10 @@
 * ``Projection``: linear or MLP from a tower's width to the shared width. It carries the feature
   standardisation fitted on the training features as buffers, so a saved model needs nothing else.
 * ``HeadEnsemble``: K projections from different seeds. For cosine similarity, averaging the K
-  normalised outputs is exactly averaging the K score matrices, so an ensemble costs one matmul.
+  normalised outputs is exactly averaging the K score matrices, so an ensemble costs one matmul. Its
+  members run as ONE batched matmul per layer (their weights stacked for the call; each member keeps its own
+  parameters, so state_dict keys and saved models are those of K separate projections), with the dropout
+  masks drawn in the order the per-member loop draws them: the same random numbers, the same results.
 * ``CosineSimilarity``: logits = exp(logit_scale) * cos, with logit_scale = log(1/T) learnable and
   clamped at log(100) as in CLIP (the seed MNIST CLIP multiplied by T instead of dividing).
 * ``LabelBridge``: a training-free image embedding in the TEXT space (ConSE): the image tower's own
@@ -68,10 +71,131 @@ class HeadEnsemble(nn.Module):
             m.fit_normalizer(feats)
 
     def members_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, D) normalised outputs. Batched when the members share a layout and mode (always, for heads
+        built by ``build_heads``); the per-member loop otherwise, and under autocast (whose casts the batched ops
+        would not reproduce). ``members_loop`` is the reference the batched path is tested against."""
+        if not _stackable(self.members, x):
+            return self.members_loop(x)
+        return F.normalize(_stacked_forward(self.members, x), dim=-1)
+
+    def members_loop(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([F.normalize(m(x), dim=-1) for m in self.members])  # (K, B, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.members_forward(x).mean(0), dim=-1)
+
+
+def _layers(p: Projection) -> tuple[list[nn.Linear], list[nn.Dropout]]:
+    """A projection's linear layers and its dropouts, in the order its forward applies them."""
+    if isinstance(p.net, nn.Linear):
+        return [p.net], [p.input_dropout]
+    return [p.net[0], p.net[3]], [p.input_dropout, p.net[2]]
+
+
+def _autocast_on() -> bool:
+    return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
+
+
+def _stackable(members: nn.ModuleList, x: torch.Tensor) -> bool:
+    """Whether ``_stacked_forward`` computes what the per-member loop computes (same layers, same dropout
+    settings and modes, biases everywhere, fp32-style math without autocast)."""
+    if x.dim() != 2 or _autocast_on() or not all(isinstance(m, Projection) for m in members):
+        return False
+    lin0, drop0 = _layers(members[0])
+    for m in members:
+        lin, drop = _layers(m)
+        if len(lin) != len(lin0) or any(a.bias is None or a.weight.shape != b.weight.shape for a, b in zip(lin, lin0)):
+            return False
+        if any((a.p, a.training) != (b.p, b.training) or a.p >= 1 for a, b in zip(drop, drop0)):
+            return False
+        if len(lin) == 2 and not isinstance(m.net[1], type(members[0].net[1])):
+            return False
+    return True
+
+
+def _active(d: nn.Dropout) -> bool:
+    return d.training and d.p > 0  # F.dropout draws no random numbers otherwise
+
+
+def _dropout_noise(members: nn.ModuleList, shapes: list[tuple], like: torch.Tensor) -> list[torch.Tensor | None]:
+    """The scaled masks (0 or 1/(1-p)) of every dropout of every member, drawn in the per-member loop's order
+    (member 0's input dropout, member 0's hidden dropout, member 1's ...), so the generator yields the same
+    numbers: ``x * noise`` is then exactly ``F.dropout(x)`` (on the CPU, F.dropout is bernoulli_, div_, mul;
+    elsewhere F.dropout of ones gives the scaled mask of the same draw). One (K, *shape) tensor per dropout."""
+    drops = _layers(members[0])[1]
+    k = len(members)
+    noise = [like.new_empty((k, *shape)) if _active(d) else None for d, shape in zip(drops, shapes)]
+    for i in range(k):
+        for d, buf in zip(drops, noise):
+            if buf is None:
+                continue
+            if buf.device.type == "cpu":
+                buf[i].bernoulli_(1 - d.p)
+            else:
+                buf[i] = F.dropout(torch.ones_like(buf[i]), d.p, True)
+    for d, buf in zip(drops, noise):
+        if buf is not None and buf.device.type == "cpu":
+            buf.div_(1 - d.p)
+    return noise
+
+
+class _StackedLinear(torch.autograd.Function):
+    """K linears in one call: z (B, I) shared by all members (one GEMM against the K weight matrices side by side)
+    or (K, B, I) one per member (one batched GEMM) -> (K, B, O).
+
+    Its own backward because autograd's bmm backward returns the weights' gradients transposed (strided), which
+    the K parameters then copy or add into slowly; here each member's gradient is a contiguous (O, I) slice of one
+    GEMM, as ``nn.Linear`` gives it."""
+
+    @staticmethod
+    def forward(ctx, z, *params):
+        k = len(params) // 2
+        w, b = torch.stack(params[:k]), torch.stack(params[k:])           # (K, O, I), (K, O)
+        ctx.save_for_backward(z, w)
+        if z.dim() == 2:
+            o = w.shape[1]
+            return torch.addmm(b.reshape(-1), z, w.reshape(k * o, -1).t()).view(len(z), k, o).transpose(0, 1)
+        return torch.baddbmm(b.unsqueeze(1), z, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        z, w = ctx.saved_tensors
+        k, o, _ = w.shape
+        if z.dim() == 2:
+            gw = (g.transpose(0, 1).reshape(len(z), k * o).t() @ z).view(k, o, -1)
+            gz = g.transpose(0, 1).reshape(len(z), k * o) @ w.reshape(k * o, -1) if ctx.needs_input_grad[0] else None
+        else:
+            gw = torch.bmm(g.transpose(1, 2), z)
+            gz = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        gb = g.sum(-2)
+        return (gz, *gw.unbind(0), *gb.unbind(0))
+
+
+def _stacked_linear(z: torch.Tensor, layers: list[nn.Linear]) -> torch.Tensor:
+    return _StackedLinear.apply(z, *[l.weight for l in layers], *[l.bias for l in layers])
+
+
+def _stacked_forward(members: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """Every member's un-normalised output (K, B, O), the loop's arithmetic batched over members."""
+    first = members[0]
+    lin = [_layers(m)[0] for m in members]
+    shared = all(torch.equal(m.mean, first.mean) and torch.equal(m.std, first.std) for m in members[1:])
+    if shared:                                           # one standardisation for all (fit_normalizer gives this)
+        z = (x - first.mean) / first.std
+    else:
+        z = (x - torch.stack([m.mean for m in members]).unsqueeze(1)) / torch.stack([m.std for m in members]).unsqueeze(1)
+    b = x.shape[0]
+    shapes = [(b, x.shape[1])] + ([(b, lin[0][0].out_features)] if len(lin[0]) == 2 else [])
+    noise = _dropout_noise(members, shapes, z)
+    if noise[0] is not None:
+        z = z * noise[0]                                 # (K, B, I) from here
+    h = _stacked_linear(z, [l[0] for l in lin])
+    if len(lin[0]) == 1:
+        return h
+    h = first.net[1](h)                                  # the activation (GELU)
+    if noise[1] is not None:
+        h = h * noise[1]
+    return _stacked_linear(h, [l[1] for l in lin])
 
 
 class CosineSimilarity(nn.Module):

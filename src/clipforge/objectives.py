@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import LossConfig
-from .losses import clip_loss, multi_positive_infonce, multilabel_loss, pair_loss
+from .contrastive import members_clip_loss
+from .losses import multi_positive_infonce, multilabel_loss, pair_loss
 from .model import DualEncoder
 
 
@@ -43,48 +44,61 @@ def _member_logits(model: DualEncoder, img: torch.Tensor, txt: torch.Tensor) -> 
     return model.logits(z, txt)                         # (K, B, V)
 
 
+def _text_fn(model: DualEncoder, feats: torch.Tensor):
+    """The description embeddings for a step: computed once when nothing in them trains (no text head: they are
+    the normalised text features), else at every step through the text head."""
+    if model.text_head is None:
+        fixed = model.embed_text_features(feats)
+        return lambda: fixed
+    return lambda: model.embed_text_features(feats)
+
+
+def _images_fn(feats: torch.Tensor):
+    """Image features of a batch; the full batch (``batches_fn`` yields ``arange(n)``) without a gathered copy."""
+    everything = torch.arange(len(feats))
+    return lambda idx: feats if len(idx) == len(feats) and torch.equal(idx, everything) else feats[idx]
+
+
 def make_step(model: DualEncoder, data: ClassBatchData, cfg: LossConfig):
-    """Return ``step(batch_index_tensor) -> loss`` for the configured objective."""
+    """Return ``step(batch_index_tensor) -> loss`` for the configured objective. Every head's loss comes from
+    one batched op over (K, B, ...) logits; summed over heads (``* K``) as the per-head sum it replaces."""
     M = data.membership
     seen_t = torch.tensor(data.seen)
+    text, images = _text_fn(model, data.text_feats), _images_fn(data.image_feats)
     if cfg.kind == "multilabel":
         def step(idx):
-            logits = _member_logits(model, data.image_feats[idx], model.embed_text_features(data.text_feats))
+            logits = _member_logits(model, images(idx), text())
             return multilabel_loss(logits, M[data.labels[idx]]) * logits.shape[0]
         return step
     if cfg.kind == "class-softmax":
         remap = torch.full((M.shape[0],), -1, dtype=torch.long)
         remap[seen_t] = torch.arange(len(data.seen))
         def step(idx):
-            t = model.embed_text_features(data.text_feats)               # (V, D)
-            proto = F.normalize(M[seen_t] @ t, dim=-1)                   # (C_seen, D)
-            logits = _member_logits(model, data.image_feats[idx], proto)
+            proto = F.normalize(M[seen_t] @ text(), dim=-1)              # (C_seen, D)
+            logits = _member_logits(model, images(idx), proto)
             target = F.one_hot(remap[data.labels[idx]], len(data.seen)).float()
-            return sum(multi_positive_infonce(l, target) for l in logits)
+            return multi_positive_infonce(logits, target) * logits.shape[0]
         return step
     if cfg.kind == "batch-clip":
         def step(idx):
             y = data.labels[idx]
             caption = torch.multinomial(M[y], 1).squeeze(1)                # one description of each image's class
-            t = model.embed_text_features(data.text_feats)[caption]
+            t = text()[caption]
             positives = (y[:, None] == y[None, :]).float()
             scale = 2.0 if cfg.reduction == "sum" else 1.0
-            return sum(scale * clip_loss(l, positives) for l in _member_logits(model, data.image_feats[idx], t))
+            logits = _member_logits(model, images(idx), t)
+            return scale * members_clip_loss(logits, positives) * logits.shape[0]
         return step
     if cfg.kind == "pair":
         def step(idx):
             y = data.labels[idx]
             pos = torch.multinomial(M[y], 1).squeeze(1)
             neg = torch.multinomial(pair_negative_weights(M, data.seen, y), 1).squeeze(1)
-            t = model.embed_text_features(data.text_feats)
+            t = text()
             labels = torch.cat([torch.ones(len(idx)), -torch.ones(len(idx))])
-            loss = 0.0
-            for z in model.image_head.members_forward(data.image_feats[idx]):
-                a = torch.cat([z, z])
-                b = torch.cat([t[pos], t[neg]])
-                scores = model.similarity.pair(a, b)
-                loss = loss + pair_loss(scores, labels, cfg.pair_variant, cfg.margin)
-            return loss
+            z = model.image_head.members_forward(images(idx))          # (K, B, D)
+            scores = model.similarity.pair(torch.cat([z, z], 1), torch.cat([t[pos], t[neg]]))   # (K, 2B)
+            return pair_loss(scores, labels.expand_as(scores), cfg.pair_variant, cfg.margin) * len(z)
         return step
     raise ValueError(f"unknown loss kind {cfg.kind!r}")
 
