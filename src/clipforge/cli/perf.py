@@ -31,10 +31,13 @@ def bench_embed(out: Path = typer.Option(Path("benchmarks/results"), help="outpu
 def bench_train_cache(out: Path = typer.Option(Path("benchmarks/results"), help="output folder (train-cache.json)"),
                       epochs: int = typer.Option(3, min=1), batch_size: int = typer.Option(128, min=2),
                       fold: int = typer.Option(0, min=0), source: str = typer.Option("tux-paint", help="caption source"),
-                      set_: List[str] = typer.Option([], "--set", "-s", help="override a field of both runs' config")):
-    """Seconds per epoch on cached features vs re-encoding the locked towers every step (open_clip LiT)."""
+                      set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every run's config"),
+                      default_epochs: int = typer.Option(30, min=0, help="epochs of the default-caption-config row "
+                                                                          "(FLOPs, GFLOP/s vs the machine's); 0 = skip it")):
+    """Seconds per epoch on cached features vs re-encoding the locked towers every step (open_clip LiT), and the
+    packaged caption config's seconds per epoch, FLOPs and share of the machine's matmul GFLOP/s."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..bench.train_cache import run_train_cache_bench
     path = run_train_cache_bench(out, epochs=epochs, batch_size=batch_size, fold=fold, source=source,
-                                 overrides=list(set_), log=typer.echo)
+                                 overrides=list(set_), log=typer.echo, default_epochs=default_epochs)
     typer.echo(f"wrote {path}")
