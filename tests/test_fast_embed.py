@@ -202,9 +202,13 @@ def test_bench_embed_and_train_cache_write_their_json(tmp_path, monkeypatch):
 
     csv = make_caption_set(tmp_path / "shapes", copies=1)
     path = run_train_cache_bench(tmp_path / "out", epochs=2, batch_size=4, source=f"csv:{csv}", image_size=32,
-                                 overrides=["bridge.alpha=0", "train.ensemble=1"], log=lambda *a: None)
+                                 overrides=["bridge.alpha=0", "train.ensemble=1"], log=lambda *a: None, default_epochs=2)
     data = json.loads(path.read_text())
-    cached, reencode = data["results"]
+    cached, reencode, default = data["results"]
     assert (cached["method"], reencode["method"]) == ("clipforge-cached", "lit-reencode")
+    m = default["metrics"]
+    assert "default" in default["method"] and len(m["seconds_per_epoch_all"]) == 2
+    assert m["flops_per_epoch"] > 0 and m["achieved_gflops"] > 0 and m["machine_matmul_gflops"] > 0
+    assert abs(m["percent_of_machine_matmul"] - 100 * m["achieved_gflops"] / m["machine_matmul_gflops"]) < 0.2
     assert len(cached["metrics"]["seconds_per_epoch_all"]) == 2 and data["speedup_per_epoch"] > 1
     assert data["mr_abs_difference"] < 0.02                         # the same arithmetic: the same model

@@ -36,7 +36,8 @@ def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def default_config_row(towers, source: str, fold: int, epochs: int, tmp: Path, overrides: list[str], log) -> dict:
+def default_config_row(towers, source: str, fold: int, epochs: int, image_size: int, tmp: Path, overrides: list[str],
+                       log) -> dict:
     """The packaged caption config (no batch-size override): seconds per epoch, FLOPs, GFLOP/s vs the machine's."""
     from .. import caption
     from ..config import CaptionRunConfig, build_config
@@ -44,7 +45,8 @@ def default_config_row(towers, source: str, fold: int, epochs: int, tmp: Path, o
 
     def config(n_epochs: int, name: str):
         return build_config(CaptionRunConfig, {}, [f"data.source={source}", f"data.fold={fold}", f"train.epochs={n_epochs}",
-                                                   f"cache_dir={tmp / 'cache'}", f"out={tmp / name}", *overrides])
+                                                   f"towers.image_size={image_size}", f"cache_dir={tmp / 'cache'}",
+                                                   f"out={tmp / name}", *overrides])
     cfg = config(epochs, "default")
     load_before = _load()
     p = caption.prepare(cfg, progress=False, towers=towers)
@@ -128,7 +130,7 @@ def run_train_cache_bench(out: str | Path, epochs: int = 3, batch_size: int = 12
                                     "n_test_images": metrics["n_images"], "n_test_texts": metrics["n_texts"],
                                     "steps_per_epoch": trainer.steps_per_epoch}})
         if default_epochs:
-            rows.append(default_config_row(towers, source, fold, default_epochs, Path(tmp), list(overrides), log))
+            rows.append(default_config_row(towers, source, fold, default_epochs, image_size, Path(tmp), list(overrides), log))
     c, r = runs["clipforge-cached"], runs["lit-reencode"]
     speedup = statistics.median(r["per_epoch"]) / statistics.median(c["per_epoch"])
     mr_diff = abs(c["metrics"]["MR"] - r["metrics"]["MR"])
