@@ -215,3 +215,21 @@ def test_counted_flops_are_the_matmuls_that_run():
                 + mm(b, h, o) + mm(o, b, h) + mm(b, o, h)          # layer 2: forward, weight and input gradients
                 + mm(b, o, b) + mm(b, b, o))                       # similarity: forward, image-side gradient
     assert flops == k * per_head
+
+
+def test_fast_dropout_masks_are_bernoullis_masks(monkeypatch):
+    """Where the uniform kernel reproduces bernoulli_ (PyTorch's default CPU kernel), the masks it gives are
+    bernoulli_'s, bit for bit, and leave the generator where bernoulli_ would."""
+    import clipforge.heads as heads
+    if not heads._uniform_is_bernoulli():
+        pytest.skip("this build's bernoulli_ draws from MKL: the fast path is off")
+    ens = _ensemble("mlp", 0.3, 0.5).train()
+    x = torch.randn(50, 24)
+    torch.manual_seed(8)
+    fast = heads._dropout_noise(ens.members, [(50, 24), (50, 16)], x)
+    after_fast = torch.rand(3)
+    monkeypatch.setattr(heads, "_uniform_is_bernoulli", lambda: False)
+    torch.manual_seed(8)
+    slow = heads._dropout_noise(ens.members, [(50, 24), (50, 16)], x)
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow)) and torch.equal(after_fast, torch.rand(3))
+    assert set(fast[0].unique().tolist()) == {0.0, 1 / 0.7} or torch.allclose(fast[0].max(), torch.tensor(1 / 0.7))
