@@ -103,6 +103,8 @@ def _stackable(members: nn.ModuleList, x: torch.Tensor) -> bool:
     settings and modes, biases everywhere, fp32-style math without autocast)."""
     if x.dim() != 2 or _autocast_on() or not all(isinstance(m, Projection) for m in members):
         return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # exporters cannot trace a custom autograd node
+        return False
     lin0, drop0 = _layers(members[0])
     for m in members:
         lin, drop = _layers(m)
