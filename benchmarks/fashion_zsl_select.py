@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipforge import align
-from clipforge.bench.env import environment
+from clipforge.pipelines import classes as align
+from benchmarks.env import environment
 from clipforge.config import load_config
 from clipforge.evaluate.zeroshot import topk_metrics
 

@@ -41,11 +41,11 @@ MUTMUT_VERSION = "3.8.1"   # the state files read below are mutmut 3.8's; anothe
 # module -> (file, mutant name patterns). Index digests: the content-hash functions only (embed_items and
 # image_size need a model and an image tower, which the fast tests do not have).
 MODULES = {
-    "losses": ("src/clipforge/losses.py", ["clipforge.losses.*"]),
-    "heads": ("src/clipforge/heads.py", ["clipforge.heads.*"]),
+    "losses": ("src/clipforge/losses/functional.py", ["clipforge.losses.functional.*"]),
+    "heads": ("src/clipforge/model/heads.py", ["clipforge.model.heads.*"]),
     "zeroshot": ("src/clipforge/evaluate/zeroshot.py", ["clipforge.evaluate.zeroshot.*"]),
     "retrieval": ("src/clipforge/evaluate/retrieval.py", ["clipforge.evaluate.retrieval.*"]),
-    "baselines": ("src/clipforge/baselines.py", ["clipforge.baselines.*"]),
+    "baselines": ("src/clipforge/evaluate/baselines.py", ["clipforge.evaluate.baselines.*"]),
     "index-digests": ("src/clipforge/index/embedding.py",
                       ["clipforge.index.embedding.x_file_digest__*", "clipforge.index.embedding.x_digest_items__*"]),
     "captions": ("src/clipforge/data/captions.py", ["clipforge.data.captions.*"]),

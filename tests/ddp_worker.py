@@ -8,8 +8,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from objutil import _batch, _model  # noqa: E402
 
-from clipforge.contrastive import ContrastiveObjective  # noqa: E402
-from clipforge.distributed import init_distributed, shutdown, wrap  # noqa: E402
+from clipforge.losses.contrastive import ContrastiveObjective  # noqa: E402
+from clipforge.train.distributed import init_distributed, shutdown, wrap  # noqa: E402
 
 
 def main(out: str, kind: str) -> None:

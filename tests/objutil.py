@@ -3,8 +3,8 @@ import numpy as np
 import torch
 
 from clipforge.config import HeadConfig
-from clipforge.contrastive import CaptionBatch
-from clipforge.model import DualEncoder
+from clipforge.losses.contrastive import CaptionBatch
+from clipforge.model.dual_encoder import DualEncoder
 from clipforge.towers.base import Tower
 
 

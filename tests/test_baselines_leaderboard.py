@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 
-from clipforge.baselines import ConSE, make
-from clipforge.bench.leaderboard import write_leaderboard
+from clipforge.evaluate.baselines import ConSE, make
+from benchmarks.leaderboard import write_leaderboard
 from clipforge.evaluate.retrieval import retrieval_metrics
 from clipforge.evaluate.transductive import cluster_and_match
 

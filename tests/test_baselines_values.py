@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipforge.baselines import ASIF, BASELINES, ConSE, FeatureMethod, LinearMap, class_weights, make
+from clipforge.evaluate.baselines import ASIF, BASELINES, ConSE, FeatureMethod, LinearMap, class_weights, make
 
 
 def _n(x):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from clipforge import caption
-from clipforge.bench.bilingual import TuxData, split_indices
+from clipforge.pipelines import captions as caption
+from benchmarks.bilingual import TuxData, split_indices
 from clipforge.cli import app
 from clipforge.config import CaptionRunConfig, HeadConfig, build_config
 from clipforge.data.captions import CaptionDataset, folds
@@ -19,10 +19,10 @@ from clipforge.data.cifar import load_cifar, load_zeroshot_source
 from clipforge.data.descriptions import from_templates
 from clipforge.data.templates_zh import (CIFAR10_ZH, CIFAR100_ZH, FASHION_MNIST_ZH, ZH_TEMPLATES, is_chinese,
                                          template_set)
-from clipforge.distill import DistillTrainConfig, StudentConfig, agreement, distill, parallel_text
+from clipforge.pipelines.distill import DistillTrainConfig, StudentConfig, agreement, distill, parallel_text
 from clipforge.errors import ClipforgeError, ConfigError
 from clipforge.evaluate.zeroshot import evaluate_zeroshot
-from clipforge.model import DualEncoder
+from clipforge.model.dual_encoder import DualEncoder
 from clipforge.towers import build_tower
 
 from captionutil import make_caption_set
@@ -140,7 +140,7 @@ def _fake_tux(n=20):
 
 
 def test_parallel_text_never_uses_the_held_out_fold(monkeypatch):
-    import clipforge.distill as d
+    import clipforge.pipelines.distill as d
     monkeypatch.setattr(d, "load_caption_source", lambda spec: _fake_tux())
     for fold in range(5):
         en, zh = parallel_text(["tux-paint"], "zh", fold=fold, k=5, split_seed=0)
@@ -272,7 +272,7 @@ def test_cli_zeroshot_on_cifar_files_in_english_and_chinese(tmp_path, teacher, s
 
 
 def test_cli_distill_then_stage_two_train(tmp_path, teacher, monkeypatch):
-    import clipforge.distill as d
+    import clipforge.pipelines.distill as d
     en, zh = map(list, zip(*PAIRS))
     small = CaptionDataset("tux-paint", [f"{i}.png" for i in range(len(en))], [[c] for c in en], {"zh": [[z] for z in zh]})
     monkeypatch.setattr(d, "load_caption_source", lambda spec: small)  # the real Tux captions: test_parallel_text_...
@@ -298,7 +298,7 @@ def test_cli_distill_then_stage_two_train(tmp_path, teacher, monkeypatch):
 def test_bench_tux_retrieval_zh_writes_both_languages_with_the_default_first(tmp_path):
     """The benchmark end to end on a tiny stamp folder in the Tux Paint layout (<name>.png + <name>.txt with zh_CN)."""
     from captionutil import make_stamp_folder
-    from clipforge.bench.bilingual import run_tux_retrieval_zh
+    from benchmarks.bilingual import run_tux_retrieval_zh
     stamps = make_stamp_folder(tmp_path)
     path = run_tux_retrieval_zh(tmp_path / "out", ["clipforge", "minilm-english", "seed-pair-siamese", "asif"],
                                 [f"data.source=tux-paint:{stamps}", "towers.image_size=64", "train.epochs=3",

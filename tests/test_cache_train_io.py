@@ -1,12 +1,12 @@
 import numpy as np
 import torch
 
-from clipforge.cache import EmbeddingCache, embed_dataset
+from clipforge.embed.cache import EmbeddingCache, embed_dataset
 from clipforge.config import HeadConfig
 from clipforge.data.dataset import ClassDataset
-from clipforge.model import DualEncoder
+from clipforge.model.dual_encoder import DualEncoder
 from clipforge.towers.base import ImagePreprocess, Tower
-from clipforge.train import ParamGroup, Trainer
+from clipforge.train.trainer import ParamGroup, Trainer
 
 
 class CountingTower(Tower):

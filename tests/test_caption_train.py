@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from clipforge import caption
+from clipforge.pipelines import captions as caption
 from clipforge.cli import app
 from clipforge.config import CaptionRunConfig, build_config
 from clipforge.errors import ClipforgeError
-from clipforge.model import DualEncoder
+from clipforge.model.dual_encoder import DualEncoder
 
 from captionutil import make_caption_set
 
@@ -128,7 +128,7 @@ def test_bench_tux_retrieval_runs_every_method_with_the_default_first(tmp_path):
     """The benchmark end to end on a tiny stamp folder: trained methods (clipforge, both seeds) and closed-form
     baselines side by side, the six recalls and MR named by direction, per fold and mean."""
     from captionutil import make_stamp_folder
-    from clipforge.bench.tux_retrieval import run_tux_retrieval
+    from benchmarks.tux_retrieval import run_tux_retrieval
     stamps = make_stamp_folder(tmp_path)
     methods = ["clipforge", "seed-contrastive", "seed-pair-siamese", "conse", "procrustes", "least-squares", "asif"]
     path = run_tux_retrieval(tmp_path / "out", methods, [f"data.source=tux-paint:{stamps}", "towers.image_size=64",

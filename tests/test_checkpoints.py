@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clipforge.errors import ClipforgeError
-from clipforge.train import ParamGroup, Trainer
+from clipforge.train.trainer import ParamGroup, Trainer
 
 
 def _fit(out_dir, epochs, resume=False, stop_after=None, poison_at=None):

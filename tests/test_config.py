@@ -93,7 +93,7 @@ def test_a_config_that_is_a_directory_or_not_utf8_is_one_clear_error(tmp_path):
 
 def test_load_config_knows_packaged_names_and_picks_the_class():
     from clipforge.config import PACKAGED, CaptionEvalConfig, CaptionRunConfig
-    from clipforge.distill import DistillConfig
+    from clipforge.pipelines.distill import DistillConfig
     assert isinstance(load_config("caption-train"), CaptionRunConfig)
     assert isinstance(load_config("caption-train.yaml", ["train.epochs=3"]), CaptionRunConfig)
     assert isinstance(load_config("siglip"), CaptionRunConfig) and load_config("siglip").loss.kind == "siglip"

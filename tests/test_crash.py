@@ -1,4 +1,4 @@
-"""Crash safety: ``kill -9`` at chosen points (clipforge/testhooks.py pauses a child process exactly there).
+"""Crash safety: ``kill -9`` at chosen points (clipforge/util/testhooks.py pauses a child process exactly there).
 
 * caption training (``clipforge train``), killed mid-epoch, during a checkpoint write, and during evaluation: every
   checkpoint on disk loads at every moment (the one being written exists only under a temporary name, and is
@@ -128,7 +128,7 @@ def test_training_killed_at_three_points_resumes_to_the_same_result(runs):
 
 CACHE_SCRIPT = """
 import sys, numpy as np
-from clipforge.cache import EmbeddingCache, Embedded
+from clipforge.embed.cache import EmbeddingCache, Embedded
 from clipforge.towers.base import Tower
 class T(Tower):
     tower_id, dim = "test:crash", 4
@@ -139,7 +139,7 @@ EmbeddingCache(sys.argv[1]).get_or_compute(t, sys.argv[3], lambda: Embedded(feat
 
 
 def test_cache_killed_while_writing_keeps_old_entries_and_never_serves_a_half_file(tmp_path):
-    from clipforge.cache import EmbeddingCache, Embedded
+    from clipforge.embed.cache import EmbeddingCache, Embedded
     from clipforge.towers.base import Tower
 
     class T(Tower):

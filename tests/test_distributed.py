@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipforge.contrastive import ContrastiveObjective
+from clipforge.losses.contrastive import ContrastiveObjective
 
 from objutil import _batch, _model
 

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipforge.cli import app
-from clipforge.download import DownloadSettings, download
+from clipforge.data.download import DownloadSettings, download
 
 
 def _noise_png() -> bytes:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from clipforge.config import HeadConfig
 from clipforge.errors import ClipforgeError
-from clipforge.export import OnnxDualEncoder, to_onnx, to_sentence_transformers
-from clipforge.model import DualEncoder
+from clipforge.model.export import OnnxDualEncoder, to_onnx, to_sentence_transformers
+from clipforge.model.dual_encoder import DualEncoder
 from clipforge.towers import build_tower
 
 TEXTS = ["a photo of a cat on the sofa", "一只猫", "A red fire truck.", "小狗在草地上跑", ""]

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clipforge.cli import app
-from clipforge.extras import MissingExtra
+from clipforge.util.extras import MissingExtra
 
 
 def _block(monkeypatch, *modules):
@@ -47,12 +47,12 @@ def _e5():
 
 
 def _onnx(tmp_path):
-    from clipforge.export import _session
+    from clipforge.model.export import _session
     _session(tmp_path / "x.onnx")
 
 
 def _augment():
-    from clipforge.contrastive import kornia_augment
+    from clipforge.losses.contrastive import kornia_augment
     kornia_augment(32)
 
 
@@ -83,9 +83,9 @@ def test_serve_without_the_extra_is_one_line_on_the_cli(monkeypatch, tmp_path):
 
 def test_training_without_tensorboard_notes_it_once_and_goes_on(monkeypatch, tmp_path, capsys):
     _block(monkeypatch, "tensorboard")
-    from clipforge.train import tensorboard_writer
-    import clipforge.train
-    monkeypatch.setattr(clipforge.train, "_NOTED", [])
+    from clipforge.train.trainer import tensorboard_writer
+    import clipforge.train.trainer
+    monkeypatch.setattr(clipforge.train.trainer, "_NOTED", [])
     assert tensorboard_writer(tmp_path / "tb") is None
     assert tensorboard_writer(tmp_path / "tb2") is None   # an ensemble: many trainers, one note
     err = capsys.readouterr().err
@@ -101,7 +101,7 @@ def test_python_dash_m_clipforge_is_the_cli():
 
 def test_caches_live_in_the_user_cache_dir(monkeypatch, tmp_path):
     from clipforge.config import load_config
-    from clipforge.paths import cache_dir
+    from clipforge.util.paths import cache_dir
     monkeypatch.delenv("CLIPFORGE_CACHE", raising=False)
     monkeypatch.delenv("CLIPFORGE_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -118,8 +118,8 @@ def test_caches_live_in_the_user_cache_dir(monkeypatch, tmp_path):
 
 def test_written_files_follow_the_umask(tmp_path):
     import numpy as np
-    from clipforge.cache import atomic_save_npz
-    from clipforge.files import user_mode
+    from clipforge.embed.cache import atomic_save_npz
+    from clipforge.util.files import user_mode
     old = os.umask(0o027)
     try:
         atomic_save_npz(tmp_path / "a.npz", x=np.zeros(2))
@@ -139,7 +139,7 @@ def test_written_files_follow_the_umask(tmp_path):
 def test_a_saved_model_is_readable_by_others_under_umask_022(tmp_path):
     import torch
     from clipforge.config import HeadConfig
-    from clipforge.model import DualEncoder
+    from clipforge.model.dual_encoder import DualEncoder
     from clipforge.towers import build_tower
     old = os.umask(0o022)
     try:

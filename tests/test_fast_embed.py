@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipforge import cache as cache_mod
-from clipforge import fast_embed
-from clipforge.cache import embed_images
+from clipforge.embed import cache as cache_mod
+from clipforge.embed import fast as fast_embed
+from clipforge.embed.cache import embed_images
 from clipforge.errors import ClipforgeError
-from clipforge.fast_embed import fast_encoder, fold_batchnorm
+from clipforge.embed.fast import fast_encoder, fold_batchnorm
 from clipforge.towers.base import ImagePreprocess, Tower
 
 from imgutil import _jpeg_bytes, _noise
@@ -190,8 +190,8 @@ def test_decoding_runs_ahead_but_memory_stays_bounded(tmp_path, monkeypatch):
 def test_bench_embed_and_train_cache_write_their_json(tmp_path, monkeypatch):
     """Tiny versions of both benchmarks: every row and the acceptance numbers are written (not their values)."""
     from captionutil import make_caption_set
-    from clipforge.bench.embed import run_embed_bench
-    from clipforge.bench.train_cache import run_train_cache_bench
+    from benchmarks.embed import run_embed_bench
+    from benchmarks.train_cache import run_train_cache_bench
     path = run_embed_bench(tmp_path / "out", n_images=12, image_size=32, naive_batches=(4,), fashion_size=None,
                            log=lambda *a: None)
     data = json.loads(path.read_text())

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from clipforge import align
+from clipforge.pipelines import classes as align
 from clipforge.config import load_config
 from clipforge.evaluate.zeroshot import GAMMA_GRID, gzsl_h_curve
 

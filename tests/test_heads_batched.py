@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.config import HeadConfig, LossConfig
-from clipforge.contrastive import CaptionBatch, ContrastiveObjective, members_clip_loss
-from clipforge.heads import HeadEnsemble, Projection, _stackable
-from clipforge.losses import clip_loss, multi_positive_infonce, multilabel_loss, pair_loss, siglip_loss
-from clipforge.model import DualEncoder
-from clipforge.objectives import ClassBatchData, make_step
-from clipforge.train import _finite, adamw
+from clipforge.losses.contrastive import CaptionBatch, ContrastiveObjective, members_clip_loss
+from clipforge.model.heads import HeadEnsemble, Projection, _stackable
+from clipforge.losses.functional import clip_loss, multi_positive_infonce, multilabel_loss, pair_loss, siglip_loss
+from clipforge.model.dual_encoder import DualEncoder
+from clipforge.losses.classes import ClassBatchData, make_step
+from clipforge.train.trainer import _finite, adamw
 from objutil import FeatTower
 
 CASES = [("mlp", 0.5, 0.5), ("mlp", 0.0, 0.1), ("mlp", 0.0, 0.0), ("linear", 0.0, 0.0), ("linear", 0.3, 0.0)]
@@ -166,7 +166,7 @@ def test_class_objectives_equal_the_per_head_sum(kind):
 
 
 def test_full_batch_uses_the_features_without_a_copy_and_a_subset_gathers():
-    from clipforge.objectives import _images_fn
+    from clipforge.losses.classes import _images_fn
     feats = torch.randn(5, 3)
     images = _images_fn(feats)
     assert images(torch.arange(5)) is feats
@@ -204,7 +204,7 @@ def test_the_finite_check_finds_any_bad_entry(bad):
 def test_counted_flops_are_the_matmuls_that_run():
     """bench train-cache's FLOPs: forward + backward matmuls of the heads and the similarity, nothing for the
     cached input features' gradient (they have none)."""
-    from clipforge.bench.flops import count_flops
+    from benchmarks.flops import count_flops
     k, b, din, h, o = 3, 10, 12, 16, 8
     model = _caption_model(k).train()
     obj = ContrastiveObjective(model, "clip")
@@ -220,7 +220,7 @@ def test_counted_flops_are_the_matmuls_that_run():
 def test_fast_dropout_masks_are_bernoullis_masks(monkeypatch):
     """Where the uniform kernel reproduces bernoulli_ (PyTorch's default CPU kernel), the masks it gives are
     bernoulli_'s, bit for bit, and leave the generator where bernoulli_ would."""
-    import clipforge.heads as heads
+    import clipforge.model.heads as heads
     if not heads._uniform_is_bernoulli():
         pytest.skip("this build's bernoulli_ draws from MKL: the fast path is off")
     ens = _ensemble("mlp", 0.3, 0.5).train()

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.heads import CosineSimilarity, HeadEnsemble, Projection, SiameseSimilarity
-from clipforge.losses import clip_loss, multi_positive_infonce, pair_loss, siglip_loss
-from clipforge.objectives import pair_negative_weights
+from clipforge.model.heads import CosineSimilarity, HeadEnsemble, Projection, SiameseSimilarity
+from clipforge.losses.functional import clip_loss, multi_positive_infonce, pair_loss, siglip_loss
+from clipforge.losses.classes import pair_negative_weights
 
 
 def test_temperature_divides_cosine():
@@ -94,8 +94,8 @@ def test_ensemble_output_is_mean_of_member_scores():
 def test_batch_clip_objective_counts_same_class_captions_as_positives():
     """The seed "Contrastive" on class data: a caption per image from its class; same-class pairs are positives."""
     from clipforge.config import HeadConfig, LossConfig
-    from clipforge.model import DualEncoder
-    from clipforge.objectives import ClassBatchData, make_step
+    from clipforge.model.dual_encoder import DualEncoder
+    from clipforge.losses.classes import ClassBatchData, make_step
     from objutil import FeatTower
     torch.manual_seed(0)
     model = DualEncoder(FeatTower(10, "image"), FeatTower(6, "text"),

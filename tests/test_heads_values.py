@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.heads import MAX_LOGIT_SCALE, CosineSimilarity, HeadEnsemble, LabelBridge, Projection, SiameseSimilarity, blend
+from clipforge.model.heads import MAX_LOGIT_SCALE, CosineSimilarity, HeadEnsemble, LabelBridge, Projection, SiameseSimilarity, blend
 
 
 def test_projection_standardises_with_the_training_statistics():

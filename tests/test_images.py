@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from clipforge.cache import EmbeddingCache, embed_dataset
+from clipforge.embed.cache import EmbeddingCache, embed_dataset
 from clipforge.data import ClassDescriptions, load_descriptions, protocol_unseen, seen_unseen
 from clipforge.data.dataset import SkipReport
 from clipforge.data.descriptions import from_templates

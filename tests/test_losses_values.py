@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from clipforge.losses import (clip_loss, distill_loss, gather_with_grad, multi_positive_infonce, multilabel_loss,
+from clipforge.losses.functional import (clip_loss, distill_loss, gather_with_grad, multi_positive_infonce, multilabel_loss,
                               pair_loss, siglip_loss)
 
 

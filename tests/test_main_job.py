@@ -5,10 +5,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
-from clipforge import align
+from clipforge.pipelines import classes as align
 from clipforge.cli import app
 from clipforge.config import load_config
-from clipforge.model import DualEncoder
+from clipforge.model.dual_encoder import DualEncoder
 
 SHAPES = {"circle": "ellipse", "square": "rectangle", "triangle": "polygon", "line": "line"}
 

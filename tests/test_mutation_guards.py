@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.baselines import LinearMap, make
+from clipforge.evaluate.baselines import LinearMap, make
 from clipforge.config import HeadConfig
 from clipforge.evaluate.zeroshot import gzsl_metrics, topk_metrics
-from clipforge.heads import CosineSimilarity
+from clipforge.model.heads import CosineSimilarity
 from clipforge.index.embedding import digest_items, file_digest
 from clipforge.index.sources import SourceItem
-from clipforge.losses import clip_loss, multi_positive_infonce
-from clipforge.model import DualEncoder
+from clipforge.losses.functional import clip_loss, multi_positive_infonce
+from clipforge.model.dual_encoder import DualEncoder
 
 from objutil import FeatTower
 

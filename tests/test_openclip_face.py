@@ -1,4 +1,4 @@
-"""The open_clip-style face (clipforge.factory + the tensor paths of DualEncoder), checked with CLIP_benchmark's own
+"""The open_clip-style face (clipforge.model.factory + the tensor paths of DualEncoder), checked with CLIP_benchmark's own
 metric code (PyPI clip-benchmark==1.6.2, installed --no-deps by scripts/install.sh test) on a saved model: its
 zero-shot classification and retrieval numbers must equal clipforge's own evaluation.
 
@@ -18,7 +18,7 @@ from clipforge.data.images import load_image
 from clipforge.errors import ClipforgeError
 from clipforge.evaluate.retrieval import retrieval_metrics
 from clipforge.evaluate.zeroshot import ZeroShotClassifier, evaluate_zeroshot
-from clipforge.model import DualEncoder, TextTokens
+from clipforge.model.dual_encoder import DualEncoder, TextTokens
 
 from captionutil import make_caption_set
 from useutil import SHAPES, draw, trained_model_dir

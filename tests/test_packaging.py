@@ -54,6 +54,7 @@ def test_wheel_metadata_says_python_311_licence_and_extras(wheel):
         names = z.namelist()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "LICENSE is not in the wheel"
     assert "clipforge/configs/caption-train.yaml" in names and "clipforge/serve/static/index.html" in names
+    assert not [n for n in names if n.startswith("benchmarks/")], "the benchmark suites are not part of the library"
     extras = set(re.findall(r"^Provides-Extra: (\S+)$", meta, re.M))
     assert {"serve", "report", "multilingual", "onnx", "tensorboard", "scale", "augment", "all"} <= extras
 
@@ -88,7 +89,7 @@ def test_python_310_is_refused_for_a_reason(tmp_path):
 
 
 def test_extras_named_in_code_are_the_ones_in_pyproject():
-    from clipforge.extras import EXTRAS
+    from clipforge.util.extras import EXTRAS
     declared = PYPROJECT["project"]["optional-dependencies"]
     for extra, dists in EXTRAS.items():
         assert extra in declared, extra

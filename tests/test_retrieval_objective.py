@@ -3,7 +3,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipforge.contrastive import CaptionBatch, ContrastiveObjective
+from clipforge.losses.contrastive import CaptionBatch, ContrastiveObjective
 from clipforge.evaluate.retrieval import retrieval_metrics
 
 from objutil import _batch, _model
@@ -92,7 +92,7 @@ def test_unlocked_towers_get_gradients_and_bf16_autocast_runs():
 def test_pair_objective_scores_each_image_with_its_caption_and_one_wrong_one():
     """The seed Pretrained_Model_Alignment on captions: L1 of (own caption -> +1) and (another image's caption -> -1)."""
     from clipforge.config import HeadConfig
-    from clipforge.model import DualEncoder
+    from clipforge.model.dual_encoder import DualEncoder
     from objutil import FeatTower
     torch.manual_seed(0)
     cfg = HeadConfig(kind="linear", embed_dim=6, text_head=True, similarity="siamese", siamese_hidden=8)

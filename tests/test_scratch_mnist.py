@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from clipforge.config import HeadConfig
 from clipforge.data.mnist import DIGIT_NAMES, load_mnist, load_small_digits, mnist_split
 from clipforge.errors import ClipforgeError
-from clipforge.losses import clip_loss
-from clipforge.model import DualEncoder
-from clipforge.scratch_clip import (ScratchClip, ScratchClipConfig, caption_index, label_positives,
+from clipforge.losses.functional import clip_loss
+from clipforge.model.dual_encoder import DualEncoder
+from clipforge.pipelines.scratch import (ScratchClip, ScratchClipConfig, caption_index, label_positives,
                                     train_and_evaluate)
 from clipforge.towers.registry import build_tower
 
@@ -204,14 +204,14 @@ def test_bench_mnist_smoke_writes_protocol_json(tmp_path):
         assert [h["epoch"] for h in r["history"]] == [0, 1]
         assert (tmp_path / "logs" / r["method"] / "model" / "config.json").is_file()
     with pytest.raises(ClipforgeError, match="unknown MNIST method"):
-        from clipforge.bench.mnist import run_mnist
+        from benchmarks.mnist import run_mnist
         run_mnist(tmp_path / "x", ["nope"])
 
 
 def test_bench_mnist_pretrained_rows_classify_digits_by_prompts(tmp_path):
     """The frozen-pretrained-tower rows (sklearn's 8x8 digits in smoke mode): every method scores the ten digits
     by their prompt ensembles; trained rows beat chance by far, ConSE is training-free, the probe is supervised."""
-    from clipforge.bench.mnist import run_mnist
+    from benchmarks.mnist import run_mnist
     rows = ["pretrained-clipforge", "seed-contrastive", "conse", "asif", "linear-probe"]
     d = json.loads(run_mnist(tmp_path / "out", rows, logs=None, smoke=True, cache_dir=str(tmp_path / "cache")).read_text())
     got = {r["method"]: r for r in d["results"]}

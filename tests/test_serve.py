@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 import useutil
 from clipforge.cli import app as cli_app
 from clipforge.index import ImageIndex
-from clipforge.model import DualEncoder
+from clipforge.model.dual_encoder import DualEncoder
 from clipforge.serve import ServeSettings, create_app
 from clipforge.serve.app import parse_labels
 from clipforge.serve.batcher import BatchRunner
-from clipforge.similarity import Similarity
+from clipforge.model.similarity import Similarity
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from clipforge.cli import app as cli_app
 from clipforge.data.images import load_image
 from clipforge.data.prompts import EN_TEMPLATES
 from clipforge.evaluate.zeroshot import zero_shot_classifier
-from clipforge.model import DualEncoder
+from clipforge.model.dual_encoder import DualEncoder
 from clipforge.serve import ServeSettings, create_app
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from clipforge.data.descriptions import ClassDescriptions
 from clipforge.evaluate.zeroshot import (GAMMA_GRID, ZeroShotClassifier, evaluate_zeroshot, gzsl_h_curve, gzsl_metrics,
                                          topk_metrics)
-from clipforge.heads import CosineSimilarity
+from clipforge.model.heads import CosineSimilarity
 
 # sentence -> text feature; the stub text head only normalises
 TABLE = {"a cat": [1.0, 0.0, 0.0], "feline": [1.0, 1.0, 0.0], "a dog": [0.0, 2.0, 0.0], "a pet": [0.0, 1.0, 1.0]}

@@ -54,7 +54,7 @@ def fit_model(folder: Path, image_size: int = 64, ridge: float = 1.0, text: str 
     from clipforge.config import HeadConfig
     from clipforge.data.descriptions import from_templates
     from clipforge.data.folders import load_image_folder
-    from clipforge.model import DualEncoder
+    from clipforge.model.dual_encoder import DualEncoder
     from clipforge.towers import build_tower
     image_tower = build_tower("pkg:efficientnet-lite0", "image", image_size=image_size).lock()
     text_tower = build_tower(text, "text").lock()

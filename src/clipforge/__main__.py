@@ -1,3 +1,3 @@
-from .cli import main
+from clipforge.cli import main
 
 main()

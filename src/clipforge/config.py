@@ -13,8 +13,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from .errors import ConfigError
-from .paths import features_cache
+from clipforge.errors import ConfigError
+from clipforge.util.paths import features_cache
 
 # Above this, AdamW's update (lr * weight_decay on float32 weights) overflows or diverges at once: a typo, not a choice.
 MAX_LR = 10.0
@@ -187,6 +187,46 @@ class CaptionEvalConfig(Strict):
     cache_dir: str = Field(default_factory=features_cache, description="embedding cache (default: the user cache dir)")
 
 
+# -- distillation of a multilingual student (pipelines/distill.py) ----------------------------------------
+
+class DistillDataConfig(Strict):
+    sources: list[str] = Field(["tux-paint", "emoji"], description="caption sources with translations; "
+                               "each image's caption and its translation form a parallel pair")
+    language: str = Field("zh", description="the student's other language (a translation the sources have)")
+    folds: int = Field(5, ge=2, description="tux-paint: k of the retrieval protocol's split")
+    fold: int | None = Field(0, ge=0, description="tux-paint: the HELD-OUT fold, whose captions are never used; "
+                                                  "null = use every caption (no retrieval evaluation after)")
+    split_seed: int = Field(0, ge=0)
+    english_too: bool = Field(True, description="also train student(en) -> teacher(en), so English keeps working")
+
+
+class StudentConfig(Strict):
+    base: str = Field("pkg:e5-small-query", description="frozen multilingual tower under the student's projection")
+    kind: str = Field("mlp", pattern="^(linear|mlp)$")
+    hidden: int = Field(1024, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class DistillTrainConfig(Strict):
+    loss: str = Field("cosine", pattern="^(mse|cosine)$", description="losses.distill_loss kind")
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=MAX_LR)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int = Field(10, ge=0)
+    seed: int = 0
+
+
+class DistillConfig(Strict):
+    teacher: str = Field("runs/tux-retrieval/model", description="a saved English clipforge model (its text tower is the teacher)")
+    data: DistillDataConfig = DistillDataConfig()
+    student: StudentConfig = StudentConfig()
+    train: DistillTrainConfig = DistillTrainConfig()
+    out: str = "runs/distill"
+    cache_dir: str = Field(default_factory=features_cache, description="embedding cache (default: the user cache dir)")
+
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -245,8 +285,7 @@ def config_path(path: str | Path | None) -> Path | None:
 
 
 def _config_classes() -> list[type[Strict]]:
-    # Imported here: distill.py imports this module (and torch); the order breaks ties (RunConfig first).
-    from .distill import DistillConfig
+    # The order breaks ties (RunConfig first).
     return [RunConfig, CaptionRunConfig, CaptionEvalConfig, DistillConfig]
 
 

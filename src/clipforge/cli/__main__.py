@@ -1,3 +1,3 @@
-from . import main
+from clipforge.cli import main
 
 main()

@@ -11,11 +11,11 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import ClipforgeError
-from . import app, bench_app, friendly
-from ..bench.leaderboard import TUX_ZH_ALL
-from .caption import _config_path
-from .core import TEMPLATES_HELP
+from clipforge.errors import ClipforgeError
+from clipforge.cli.root import app, bench_app, friendly
+from clipforge.cli.suites import method_list, require_suites
+from clipforge.cli.caption import config_path
+from clipforge.cli.core import TEMPLATES_HELP
 
 
 @app.command("distill")
@@ -25,9 +25,9 @@ def distill_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", he
                 quiet: bool = typer.Option(False, help="no progress bars")):
     """Distil a multilingual student onto an English model's text tower from parallel en/zh text (AltCLIP stage 1)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .. import distill
-    from ..config import load_config
-    cfg = load_config(_config_path(config), set_, cls=distill.DistillConfig)
+    from clipforge.pipelines import distill as distill
+    from clipforge.config import load_config
+    cfg = load_config(config_path(config), set_, cls=distill.DistillConfig)
     r = distill.run(cfg, progress=not quiet)
     a = r["agreement_train"]
     typer.echo(f"student {r['student']} from {r['n_pairs']} parallel pairs: cos(student(en), teacher) "
@@ -55,12 +55,14 @@ def zeroshot_cmd(model: Path = typer.Argument(..., help="a saved clipforge model
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import time
 
-    from ..bench.env import environment
-    from ..data.cifar import load_zeroshot_source
-    from ..data.prompts import language_of, parse_templates, split_labels, template_set
-    from ..data.templates_zh import CLASS_NAMES_ZH
-    from ..evaluate.zeroshot import evaluate_zeroshot
-    from ..model import DualEncoder
+    require_suites()
+
+    from benchmarks.env import environment
+    from clipforge.data.cifar import load_zeroshot_source
+    from clipforge.data.prompts import language_of, parse_templates, split_labels, template_set
+    from clipforge.data.templates_zh import CLASS_NAMES_ZH
+    from clipforge.evaluate.zeroshot import evaluate_zeroshot
+    from clipforge.model.dual_encoder import DualEncoder
     langs = ["en", "zh"] if lang == "both" else [lang]
     if any(lg not in ("en", "zh") for lg in langs):
         raise ClipforgeError(f"--lang must be en, zh or both, not {lang!r}")
@@ -110,7 +112,7 @@ def _embed_zeroshot_images(m, ds):
     import numpy as np
     import torch
 
-    from ..cache import embed_images
+    from clipforge.embed.cache import embed_images
     if isinstance(ds.images, np.ndarray):
         return m.encode_image(ds.images), np.asarray(ds.labels), []
     got = embed_images(m.image_tower, ds.images, progress=False)
@@ -134,8 +136,8 @@ def export_cmd(model: Path = typer.Argument(..., help="a saved clipforge model d
                out: Path = typer.Option(..., help="output folder")):
     """Export a model: its text side as a sentence-transformers folder, or both sides as ONNX (checked on ONNX Runtime)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..export import to_onnx, to_sentence_transformers
-    from ..model import DualEncoder
+    from clipforge.model.export import to_onnx, to_sentence_transformers
+    from clipforge.model.dual_encoder import DualEncoder
     m = DualEncoder.from_pretrained(model)
     if format in ("sentence-transformers", "st"):
         to_sentence_transformers(m, out)
@@ -153,13 +155,14 @@ def export_cmd(model: Path = typer.Argument(..., help="a saved clipforge model d
 @friendly
 def bench_tux_zh(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
                  set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
-                 methods: str = typer.Option(",".join(TUX_ZH_ALL), help="comma-separated methods"),
+                 methods: str = typer.Option("all", help="comma-separated methods"),
                  folds: str = typer.Option("0,1,2,3,4", help="comma-separated folds"),
                  inner: bool = typer.Option(False, help="validate on a quarter of each fold's TRAINING folds (model selection)")):
     """Tux Paint 5-fold retrieval with zh_CN captions beside English (MR_en, MR_zh), every method side by side."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..bench.bilingual import run_tux_retrieval_zh
-    path = run_tux_retrieval_zh(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_),
+    require_suites()
+    from benchmarks.bilingual import run_tux_retrieval_zh
+    path = run_tux_retrieval_zh(out, method_list(methods, "TUX_ZH_ALL"), list(set_),
                                 [int(f) for f in folds.split(",") if f.strip()], inner=inner)
     typer.echo(f"wrote {path}")
 
@@ -172,7 +175,8 @@ def bench_fashion_zh(out: Path = typer.Option(Path("benchmarks/results"), help="
                      splits: str = typer.Option("0,1,2,3,4", help="comma-separated split seeds")):
     """Fashion-MNIST zero-shot (the docs/benchmarks.md splits) with Chinese class names beside English."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..bench.bilingual import run_fashion_zsl_zh
-    path = run_fashion_zsl_zh(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_),
+    require_suites()
+    from benchmarks.bilingual import run_fashion_zsl_zh
+    path = run_fashion_zsl_zh(out, method_list(methods, None), list(set_),
                               [int(s) for s in splits.split(",") if s.strip()])
     typer.echo(f"wrote {path}")

@@ -8,12 +8,12 @@ from typing import List, Optional
 
 import typer
 
-from . import app, bench_app, friendly
-from ..bench.leaderboard import TUX_ALL
+from clipforge.cli.root import app, bench_app, friendly
+from clipforge.cli.suites import method_list, require_suites
 
-def _config_path(path: Optional[Path]) -> Optional[Path]:
+def config_path(path: Optional[Path]) -> Optional[Path]:
     """A file, or the name of a packaged config (``caption-train``, ``siglip``, ``lit-text``...)."""
-    from ..config import config_path
+    from clipforge.config import config_path
     return config_path(path)
 
 
@@ -25,9 +25,9 @@ def train_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help
               quiet: bool = typer.Option(False, help="no progress bars")):
     """Align the towers on image-caption pairs (CLIP / SigLIP / LiT), then retrieval on the held-out fold."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .. import caption
-    from ..config import CaptionRunConfig, load_config
-    cfg = load_config(_config_path(config), set_, cls=CaptionRunConfig)
+    from clipforge.pipelines import captions as caption
+    from clipforge.config import CaptionRunConfig, load_config
+    cfg = load_config(config_path(config), set_, cls=CaptionRunConfig)
     result = caption.run(cfg, progress=not quiet, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
@@ -45,9 +45,9 @@ def eval_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help=
              set_: List[str] = typer.Option([], "--set", "-s", help="override a field: section.field=value")):
     """Retrieval R@1/5/10 (image->text, text->image) and MR of a saved model."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .. import caption
-    from ..config import CaptionEvalConfig, load_config
-    cfg = load_config(_config_path(config), set_, cls=CaptionEvalConfig)
+    from clipforge.pipelines import captions as caption
+    from clipforge.config import CaptionEvalConfig, load_config
+    cfg = load_config(config_path(config), set_, cls=CaptionEvalConfig)
     result = caption.evaluate_saved(cfg)
     typer.echo(json.dumps(result["metrics"], indent=1))
     typer.echo(f"wrote {cfg.out}")
@@ -57,10 +57,11 @@ def eval_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help=
 @friendly
 def bench_tux(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
               set_: List[str] = typer.Option([], "--set", "-s", help="override a field of every method's config"),
-              methods: str = typer.Option(",".join(TUX_ALL),
+              methods: str = typer.Option("all",
                                          help="comma-separated methods")):
     """Tux Paint 5-fold image-caption retrieval, every method side by side (docs/benchmarks.md)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..bench.tux_retrieval import run_tux_retrieval
-    path = run_tux_retrieval(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_))
+    require_suites()
+    from benchmarks.tux_retrieval import run_tux_retrieval
+    path = run_tux_retrieval(out, method_list(methods, "TUX_ALL"), list(set_))
     typer.echo(f"wrote {path}")

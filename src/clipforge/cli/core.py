@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import ClipforgeError
-from . import app, bench_app, friendly
-from ..bench.leaderboard import FASHION_ALL
+from clipforge.errors import ClipforgeError
+from clipforge.cli.root import app, bench_app, friendly
+from clipforge.cli.suites import method_list, require_suites
 
 
 @app.command()
@@ -21,8 +21,8 @@ def align(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
           quiet: bool = typer.Option(False, help="no progress bars")):
     """Align the towers on the seen classes, classify the unseen ones zero-shot, save the model."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .. import align as align_mod
-    from ..config import RunConfig, load_config
+    from clipforge.pipelines import classes as align_mod
+    from clipforge.config import RunConfig, load_config
     cfg = load_config(config, set_, cls=RunConfig)
     result = align_mod.run(cfg, progress=not quiet, resume=resume)
     typer.echo(f"\nclipforge zero-shot on {result['dataset']} ({result['model']})")
@@ -47,10 +47,10 @@ def classify(model: Path = typer.Argument(..., help="a saved clipforge model dir
              top: int = typer.Option(3)):
     """Zero-shot classify images against your own labels (the same classifier as the web service's)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..data.images import load_image
-    from ..data.prompts import parse_templates, split_labels
-    from ..evaluate.zeroshot import zero_shot_classifier
-    from ..model import DualEncoder
+    from clipforge.data.images import load_image
+    from clipforge.data.prompts import parse_templates, split_labels
+    from clipforge.evaluate.zeroshot import zero_shot_classifier
+    from clipforge.model.dual_encoder import DualEncoder
     names = split_labels(labels)
     if not names:
         raise ClipforgeError("--labels needs at least one class name, e.g. --labels 'cat,dog'")
@@ -69,10 +69,11 @@ def classify(model: Path = typer.Argument(..., help="a saved clipforge model dir
 @friendly
 def bench_fashion_zsl(out: Path = typer.Option(Path("benchmarks/results"), help="output folder"),
                       set_: List[str] = typer.Option([], "--set", "-s", help="override a field of the default config"),
-                      methods: str = typer.Option(",".join(FASHION_ALL), help="comma-separated methods")):
+                      methods: str = typer.Option("all", help="comma-separated methods")):
     """The Fashion-MNIST protocol of docs/benchmarks.md: 5 seen/unseen splits, every method side by side."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..bench.fashion_zsl import run_fashion_zsl
-    path = run_fashion_zsl(out, [m.strip() for m in methods.split(",") if m.strip()], list(set_))
+    require_suites()
+    from benchmarks.fashion_zsl import run_fashion_zsl
+    path = run_fashion_zsl(out, method_list(methods, "FASHION_ALL"), list(set_))
     typer.echo(f"wrote {path}")
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from . import bench_app, friendly
+from clipforge.cli.root import bench_app, friendly
+from clipforge.cli.suites import require_suites
 
 
 @bench_app.command("all")
@@ -14,7 +15,8 @@ from . import bench_app, friendly
 def bench_all(out: Path = typer.Option(Path("benchmarks/results"), help="output folder")):
     """fashion-zsl, tux-retrieval, tux-retrieval-zh and mnist for every method; leaderboard.md + report.html."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..bench.leaderboard import run_all
+    require_suites()
+    from benchmarks.leaderboard import run_all
     for path in run_all(out):
         typer.echo(f"wrote {path}")
 
@@ -23,5 +25,6 @@ def bench_all(out: Path = typer.Option(Path("benchmarks/results"), help="output 
 @friendly
 def bench_leaderboard(directory: Path = typer.Argument(Path("benchmarks/results"), help="folder of benchmark JSONs")):
     """Rebuild leaderboard.md from the benchmark JSONs already in DIR (no training)."""
-    from ..bench.leaderboard import write_leaderboard
+    require_suites()
+    from benchmarks.leaderboard import write_leaderboard
     typer.echo(f"wrote {write_leaderboard(directory)}")

@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
-from . import app, bench_app, friendly
-from ..bench.leaderboard import MNIST_ALL
+from clipforge.cli.root import app, bench_app, friendly
+from clipforge.cli.suites import method_list, require_suites
 
 
 @bench_app.command("mnist")
 @friendly
 def bench_mnist(out: Path = typer.Option(Path("benchmarks/results"), help="output folder (mnist.json + thumbnails)"),
-                methods: str = typer.Option(",".join(MNIST_ALL),
+                methods: str = typer.Option("all",
                                             help="comma-separated methods (scratch rows, then frozen pretrained towers)"),
                 epochs: Optional[int] = typer.Option(None, help="override the number of epochs"),
                 logs: Optional[Path] = typer.Option(Path("runs/mnist"), help="TensorBoard logs, checkpoints and saved "
@@ -22,8 +22,9 @@ def bench_mnist(out: Path = typer.Option(Path("benchmarks/results"), help="outpu
                 smoke: bool = typer.Option(False, help="sklearn's 8x8 digits and tiny towers: seconds, not minutes")):
     """10-way MNIST by text prompts: towers trained from scratch, and every baseline on frozen pretrained towers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..bench.mnist import run_mnist
-    path = run_mnist(out, [m.strip() for m in methods.split(",") if m.strip()], epochs=epochs, logs=logs, smoke=smoke)
+    require_suites()
+    from benchmarks.mnist import run_mnist
+    path = run_mnist(out, method_list(methods, "MNIST_ALL"), epochs=epochs, logs=logs, smoke=smoke)
     typer.echo(f"wrote {path}")
 
 
@@ -33,6 +34,6 @@ def report(directory: Path = typer.Argument(..., help="a folder of benchmark JSO
            out: Optional[Path] = typer.Option(None, help="the HTML file (default DIR/report.html)"),
            title: str = typer.Option("clipforge report", help="page title")):
     """Turn benchmark JSONs and run logs into ONE self-contained HTML page (figures embedded, works offline)."""
-    from ..evaluate.report import build_report
+    from clipforge.evaluate.report import build_report
     path = build_report(directory, out, title=title)
     typer.echo(f"wrote {path}")

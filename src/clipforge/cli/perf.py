@@ -7,7 +7,8 @@ from typing import List
 
 import typer
 
-from . import bench_app, friendly
+from clipforge.cli.root import bench_app, friendly
+from clipforge.cli.suites import require_suites
 
 
 @bench_app.command("embed")
@@ -19,7 +20,8 @@ def bench_embed(out: Path = typer.Option(Path("benchmarks/results"), help="outpu
                 naive_batches: str = typer.Option("1,64", help="batch sizes of the naive eager loop")):
     """Naive eager loop vs clipforge's pipeline on the same images in one run: images/s, threads, peak RSS."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..bench.embed import run_embed_bench
+    require_suites()
+    from benchmarks.embed import run_embed_bench
     batches = tuple(int(b) for b in naive_batches.split(",") if b.strip())
     path = run_embed_bench(out, n_images=images, image_size=image_size, fashion_size=fashion_size or None,
                            naive_batches=batches, log=typer.echo)
@@ -37,7 +39,8 @@ def bench_train_cache(out: Path = typer.Option(Path("benchmarks/results"), help=
     """Seconds per epoch on cached features vs re-encoding the locked towers every step (open_clip LiT), and the
     packaged caption config's seconds per epoch, FLOPs and share of the machine's matmul GFLOP/s."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..bench.train_cache import run_train_cache_bench
+    require_suites()
+    from benchmarks.train_cache import run_train_cache_bench
     path = run_train_cache_bench(out, epochs=epochs, batch_size=batch_size, fold=fold, source=source,
                                  overrides=list(set_), log=typer.echo, default_epochs=default_epochs)
     typer.echo(f"wrote {path}")

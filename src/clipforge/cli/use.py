@@ -8,9 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import ClipforgeError
-from ..paths import features_cache
-from . import app, bench_app, friendly
+from clipforge.errors import ClipforgeError
+from clipforge.util.paths import features_cache
+from clipforge.cli.root import app, bench_app, friendly
+from clipforge.cli.suites import require_suites
 
 index_app = typer.Typer(no_args_is_help=True, help="A FAISS + SQLite index over an image collection.")
 app.add_typer(index_app, name="index")
@@ -48,7 +49,7 @@ def index_build(source: Path = typer.Argument(..., help="an image folder, or a c
                 quiet: bool = typer.Option(False, help="no progress bar")):
     """Embed every image of SOURCE with the model and write a searchable index."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..index import ImageIndex
+    from clipforge.index import ImageIndex
     ix = ImageIndex.build(source, model, out, kind, _params(param), cache_dir or features_cache(), batch_size, workers,
                           not quiet)
     typer.echo(f"{out}: {ix.report.summary()}")
@@ -65,7 +66,7 @@ def index_add(index: Path = typer.Argument(..., help="an index folder"),
               workers: int = typer.Option(2, min=1), quiet: bool = typer.Option(False)):
     """Add the images of SOURCE that are not in the index yet (by content), as a new version of the index."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..index import ImageIndex
+    from clipforge.index import ImageIndex
     ix = ImageIndex.load(index, model=model)
     report = ix.add(source, cache_dir=cache_dir or features_cache(), batch_size=batch_size, workers=workers, progress=not quiet)
     typer.echo(f"{index}: {report.summary()}")
@@ -82,7 +83,7 @@ def index_search(index: Path = typer.Argument(...), query: Optional[str] = typer
                  as_json: bool = typer.Option(False, "--json", help="one JSON object per hit")):
     """Search the index by text (QUERY) or by an image (--image)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..index import ImageIndex
+    from clipforge.index import ImageIndex
     if (query is None) == (image is None):
         raise ClipforgeError("give a text QUERY or --image PATH (one of them)")
     if query is not None and not query.strip():
@@ -100,7 +101,7 @@ def index_search(index: Path = typer.Argument(...), query: Optional[str] = typer
 @friendly
 def index_info(index: Path = typer.Argument(...), skipped: bool = typer.Option(False, "--skipped", help="list every skipped item")):
     """What an index holds: size, index kind and parameters, model, sources, skipped items."""
-    from ..index import ImageIndex
+    from clipforge.index import ImageIndex
     ix = ImageIndex.load(index)
     m = ix.manifest
     typer.echo(json.dumps({"images": len(ix), "dim": ix.dim, "ann": m["ann"], "model": m["model"],
@@ -139,7 +140,7 @@ def serve(index: Path = typer.Argument(..., help="an index folder (clipforge ind
     for flag, value in (("--header-timeout", header_timeout), ("--max-aspect", max_aspect), ("--max-decoded-mb", max_decoded_mb)):
         if not 0 < value < float("inf"):
             raise ClipforgeError(f"{flag} must be a positive finite number, not {value}")
-    from ..serve import ServeSettings, default_allowed_hosts, run
+    from clipforge.serve import ServeSettings, default_allowed_hosts, run
     hosts = tuple(h.strip() for h in allowed_hosts if h.strip()) or default_allowed_hosts(host)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
                              max_batch=max_batch, query_cache=query_cache, text_runtime=text_runtime, text_workers=text_workers,
@@ -159,9 +160,9 @@ def similarity(model: Path = typer.Option(..., "--model", "-m", help="a saved cl
                text: List[str] = typer.Option([], "--text", help="a text (repeatable)")):
     """Similarity of every pair of the given images and texts (image-text, text-text, image-image), as JSON lines."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..index.core import as_image
-    from ..model import DualEncoder
-    from ..similarity import Image, Similarity, Text
+    from clipforge.index.core import as_image
+    from clipforge.model.dual_encoder import DualEncoder
+    from clipforge.model.similarity import Image, Similarity, Text
     items = [Image(as_image(p)) for p in image] + [Text(t) for t in text]
     names = [str(p) for p in image] + list(text)
     if len(items) < 2:
@@ -180,8 +181,8 @@ def download(urls: Path = typer.Argument(..., help="CSV with url[,caption] colum
              max_side: int = typer.Option(0, min=0, help="shrink larger images to this side (0 = keep)"),
              image_format: str = typer.Option("jpg", "--format", help="jpg or png"), quiet: bool = typer.Option(False)):
     """Fetch an image collection in parallel (resumable), keep what decodes, write a clean caption CSV."""
-    from ..download import DownloadSettings
-    from ..download import download as run_download
+    from clipforge.data.download import DownloadSettings
+    from clipforge.data.download import download as run_download
     s = DownloadSettings(workers=workers, timeout=timeout, retries=retries, min_side=min_side, max_side=max_side,
                          image_format=image_format)
     report = run_download(urls, out, s, progress=not quiet)
@@ -196,7 +197,8 @@ def bench_ann(out: Path = typer.Option(Path("benchmarks/results"), help="output 
               n: int = typer.Option(1_000_000, help="database vectors"), dim: int = typer.Option(256),
               queries: int = typer.Option(1000, help="queries for recall and latency")):
     """ANN latency (p50/p99, one query at a time) and recall@10 against exact search, plus numpy brute force."""
-    from ..bench.ann import run_ann
+    require_suites()
+    from benchmarks.ann import run_ann
     typer.echo(f"wrote {run_ann(out, n, dim, queries)}")
 
 
@@ -207,5 +209,6 @@ def bench_serve(out: Path = typer.Option(Path("benchmarks/results"), help="outpu
                 seconds: int = typer.Option(20, help="length of each load run"),
                 connections: int = typer.Option(8, help="concurrent connections of the load generator (a second run uses twice as many)")):
     """Requests/s, p50/p99 latency and errors of text search over loopback (real text tower, wrk if present)."""
-    from ..bench.serve import run_serve
+    require_suites()
+    from benchmarks.serve import run_serve
     typer.echo(f"wrote {run_serve(out, images, seconds, connections)}")

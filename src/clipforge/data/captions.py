@@ -14,75 +14,15 @@ of them is retrieved.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ClipforgeError
-from .dataset import SkipReport
+from clipforge.errors import ClipforgeError
+from clipforge.data.dataset import CaptionDataset, SkipReport
 
 REQUIRED_COLUMNS = ("filename", "caption")
-
-
-@dataclass
-class CaptionDataset:
-    """``paths[i]`` has captions ``captions[i]`` (default language) and ``translations[lang][i]``."""
-    name: str
-    paths: list[Path]
-    captions: list[list[str]]
-    translations: dict[str, list[list[str]]] = field(default_factory=dict)
-    skipped: SkipReport = field(default_factory=SkipReport)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, idx) -> "CaptionDataset":
-        idx = [int(i) for i in idx]
-        return CaptionDataset(self.name, [self.paths[i] for i in idx], [self.captions[i] for i in idx],
-                              {k: [v[i] for i in idx] for k, v in self.translations.items()}, self.skipped)
-
-    def captions_in(self, lang: str) -> list[list[str]]:
-        """Each image's captions in ``lang``: 'en' (the default captions), a translation ('zh'), or a mix such as
-        'en+zh' (every listed language, in order, duplicates once), so one image has positives in both."""
-        out: list[list[str]] = [[] for _ in self.paths]
-        for part in lang.split("+"):
-            if part in self.translations:
-                src = self.translations[part]
-            elif part in ("", "default", "en"):
-                src = self.captions
-            else:
-                raise ClipforgeError(f"dataset '{self.name}' has no '{part}' captions; it has: {sorted(self.translations) or 'none'}")
-            for i, caps in enumerate(src):
-                out[i] = out[i] + [c for c in caps if c not in out[i]]
-        return out
-
-    def in_language(self, lang: str) -> "CaptionDataset":
-        """The same images with ``lang`` captions (or an 'en+zh' mix) as the default; images without one are dropped."""
-        if lang in ("", "default", "en") and lang not in self.translations:
-            return self
-        caps = self.captions_in(lang)
-        keep = [i for i, c in enumerate(caps) if c]
-        sub = self.subset(keep)
-        return CaptionDataset(f"{self.name}[{lang}]", sub.paths, [caps[i] for i in keep], sub.translations, self.skipped)
-
-    def pairs(self) -> tuple[list[str], np.ndarray]:
-        """Every caption once, with the index of its image: the unit of training and of text->image retrieval."""
-        texts, owner = [], []
-        for i, caps in enumerate(self.captions):
-            texts += caps
-            owner += [i] * len(caps)
-        return texts, np.asarray(owner, dtype=np.int64)
-
-    def fingerprint(self) -> str:
-        """Content key of the images (path, size, mtime) for the embedding cache; captions are keyed separately."""
-        h = hashlib.sha256(self.name.encode())
-        for p in self.paths:
-            st = p.stat() if p.exists() else None
-            h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
-        return h.hexdigest()[:16]
 
 
 def folds(n: int, k: int = 5, seed: int = 0) -> list[np.ndarray]:
@@ -91,7 +31,7 @@ def folds(n: int, k: int = 5, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(order[i::k]) for i in range(k)]
 
 
-def _decode_lines(raw: bytes, report: SkipReport, where: str) -> list[tuple[int, str]]:
+def decode_lines(raw: bytes, report: SkipReport, where: str) -> list[tuple[int, str]]:
     """UTF-8 lines with their 1-based numbers; a line that is not UTF-8 is reported, not fatal."""
     out = []
     for no, line in enumerate(raw.splitlines(), start=1):
@@ -115,7 +55,7 @@ def load_caption_csv(csv_path: str | Path, images_dir: str | Path | None = None,
         images_dir = csv_path.parent / "images" if (csv_path.parent / "images").is_dir() else csv_path.parent
     images_dir = Path(images_dir)
     report = SkipReport()
-    lines = _decode_lines(csv_path.read_bytes(), report, csv_path.name)
+    lines = decode_lines(csv_path.read_bytes(), report, csv_path.name)
     if not lines:
         raise ClipforgeError(f"caption CSV '{csv_path}' is empty; it needs a header line 'filename,caption'")
     header_no, header_text = lines[0]
@@ -126,7 +66,7 @@ def load_caption_csv(csv_path: str | Path, images_dir: str | Path | None = None,
                              f"(header: {header}); the first line must name the columns, e.g. 'filename,caption'")
     fi, ci = header.index("filename"), header.index("caption")
     by_file: dict[str, list[str]] = {}
-    for no, row in _rows(lines[1:], report, csv_path.name, row_starts(fi, (images_dir,))):
+    for no, row in csv_rows(lines[1:], report, csv_path.name, row_starts(fi, (images_dir,))):
         if len(row) != len(header):
             report.add(f"{csv_path.name}:{no}", f"has {len(row)} fields, the header has {len(header)}; quote captions that contain commas")
             continue
@@ -180,7 +120,7 @@ def row_starts(file_column: int, roots: tuple[Path, ...]):
     return starts
 
 
-def _rows(lines: list[tuple[int, str]], report: SkipReport, where: str, starts=None):
+def csv_rows(lines: list[tuple[int, str]], report: SkipReport, where: str, starts=None):
     """csv rows with the line number they start on; a row the csv module cannot parse is reported.
 
     A quoted field may span lines (as csv.writer writes a caption with a newline). A quote still open at a line's
@@ -218,10 +158,10 @@ def load_caption_source(spec: str) -> CaptionDataset:
     """``tux-paint``, ``emoji``, ``csv:<file>``, ``captions:<dir with captions.csv>`` or a .csv path."""
     scheme, _, rest = spec.partition(":")
     if spec == "tux-paint" or scheme == "tux-paint":
-        from .tux_paint import load_tux_paint
+        from clipforge.data.tux_paint import load_tux_paint
         return load_tux_paint(rest or None)
     if spec == "emoji" or scheme == "emoji":
-        from .emoji import load_emoji
+        from clipforge.data.emoji import load_emoji
         return load_emoji(rest or None)
     if scheme == "csv":
         return load_caption_csv(rest)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ClipforgeError
+from clipforge.errors import ClipforgeError
 
 
 @dataclass
@@ -132,7 +132,7 @@ def load_zeroshot_source(spec: str, split: str = "test"):
     if scheme == "folder":
         if not rest:
             raise ClipforgeError(f"'{spec}' needs the folder: folder:<dir with one sub-folder per class>")
-        from .folders import load_image_folder
+        from clipforge.data.folders import load_image_folder
         ds = load_image_folder(rest)
         ds.class_names = [" ".join(n.replace("_", " ").split()) for n in ds.class_names]
         return ds
@@ -141,7 +141,7 @@ def load_zeroshot_source(spec: str, split: str = "test"):
             raise ClipforgeError(f"'{spec}' needs the folder: {scheme}:<unpacked python-pickle folder>")
         return load_cifar(rest, split, scheme)
     if spec == "fashion-mnist":
-        from .fashion_mnist import CLASS_NAMES, load_fashion_mnist
+        from clipforge.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
         ds = load_fashion_mnist(split)
         return ArraySet("fashion-mnist", np.asarray(ds.images), np.asarray(ds.labels, dtype=np.int64), list(CLASS_NAMES))
     raise ClipforgeError(f"unknown zero-shot dataset '{spec}': use folder:<dir>, cifar10:<dir>, cifar100:<dir> "

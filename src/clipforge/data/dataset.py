@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipforge.errors import ClipforgeError
+
 
 @dataclass
 class SkipReport:
@@ -68,4 +70,62 @@ class ClassDataset:
                 st = Path(p).stat() if Path(p).exists() else None
                 h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
         h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class CaptionDataset:
+    """``paths[i]`` has captions ``captions[i]`` (default language) and ``translations[lang][i]``."""
+    name: str
+    paths: list[Path]
+    captions: list[list[str]]
+    translations: dict[str, list[list[str]]] = field(default_factory=dict)
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, idx) -> "CaptionDataset":
+        idx = [int(i) for i in idx]
+        return CaptionDataset(self.name, [self.paths[i] for i in idx], [self.captions[i] for i in idx],
+                              {k: [v[i] for i in idx] for k, v in self.translations.items()}, self.skipped)
+
+    def captions_in(self, lang: str) -> list[list[str]]:
+        """Each image's captions in ``lang``: 'en' (the default captions), a translation ('zh'), or a mix such as
+        'en+zh' (every listed language, in order, duplicates once), so one image has positives in both."""
+        out: list[list[str]] = [[] for _ in self.paths]
+        for part in lang.split("+"):
+            if part in self.translations:
+                src = self.translations[part]
+            elif part in ("", "default", "en"):
+                src = self.captions
+            else:
+                raise ClipforgeError(f"dataset '{self.name}' has no '{part}' captions; it has: {sorted(self.translations) or 'none'}")
+            for i, caps in enumerate(src):
+                out[i] = out[i] + [c for c in caps if c not in out[i]]
+        return out
+
+    def in_language(self, lang: str) -> "CaptionDataset":
+        """The same images with ``lang`` captions (or an 'en+zh' mix) as the default; images without one are dropped."""
+        if lang in ("", "default", "en") and lang not in self.translations:
+            return self
+        caps = self.captions_in(lang)
+        keep = [i for i, c in enumerate(caps) if c]
+        sub = self.subset(keep)
+        return CaptionDataset(f"{self.name}[{lang}]", sub.paths, [caps[i] for i in keep], sub.translations, self.skipped)
+
+    def pairs(self) -> tuple[list[str], np.ndarray]:
+        """Every caption once, with the index of its image: the unit of training and of text->image retrieval."""
+        texts, owner = [], []
+        for i, caps in enumerate(self.captions):
+            texts += caps
+            owner += [i] * len(caps)
+        return texts, np.asarray(owner, dtype=np.int64)
+
+    def fingerprint(self) -> str:
+        """Content key of the images (path, size, mtime) for the embedding cache; captions are keyed separately."""
+        h = hashlib.sha256(self.name.encode())
+        for p in self.paths:
+            st = p.stat() if p.exists() else None
+            h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
         return h.hexdigest()[:16]

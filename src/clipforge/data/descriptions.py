@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..errors import ConfigError
-from .prompts import EN_TEMPLATES, check_templates, prompts
+from clipforge.errors import ConfigError
+from clipforge.data.prompts import EN_TEMPLATES, check_templates, prompts
 
 # The English prompt set (data/prompts.py holds it, beside its Chinese counterpart and the language rule).
 DEFAULT_TEMPLATES = EN_TEMPLATES

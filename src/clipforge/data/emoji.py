@@ -11,9 +11,8 @@ import json
 import tarfile
 from pathlib import Path
 
-from .captions import CaptionDataset
-from .dataset import SkipReport
-from .npm import NpmPackage, data_dir, fetch
+from clipforge.data.dataset import CaptionDataset, SkipReport
+from clipforge.data.npm import NpmPackage, data_dir, fetch
 
 IMAGES = NpmPackage("emoji-datasource-google", "16.0.0",
                     "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ClipforgeError
-from ..paths import cache_dir
-from .dataset import ClassDataset
+from clipforge.errors import ClipforgeError
+from clipforge.util.paths import cache_dir
+from clipforge.data.dataset import ClassDataset
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 PACKAGED_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ClipforgeError
-from .dataset import ClassDataset
+from clipforge.errors import ClipforgeError
+from clipforge.data.dataset import ClassDataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

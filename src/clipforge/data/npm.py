@@ -16,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ClipforgeError
-from ..paths import cache_dir
+from clipforge.errors import ClipforgeError
+from clipforge.util.paths import cache_dir
 
 
 def data_dir() -> Path:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import ConfigError
+from clipforge.errors import ConfigError
 
 # A short CLIP-style set: fewer, varied templates help as much as CLIP's 80 on small text towers.
 EN_TEMPLATES = [

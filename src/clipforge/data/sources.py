@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
-from .dataset import ClassDataset
+from clipforge.errors import ConfigError
+from clipforge.data.dataset import ClassDataset
 
 
 def _holdout(ds: ClassDataset, frac: float, seed: int) -> tuple[ClassDataset, ClassDataset]:
@@ -23,14 +23,14 @@ def load_class_source(source: str, seed: int = 0, test_frac: float = 0.3):
     """-> (train, test, fixed_unseen or None). Sources: fashion-mnist, folder:<dir>, awa2:<dir>."""
     scheme, _, arg = source.partition(":")
     if source == "fashion-mnist":
-        from .fashion_mnist import load_fashion_mnist
+        from clipforge.data.fashion_mnist import load_fashion_mnist
         return load_fashion_mnist("train"), load_fashion_mnist("test"), None
     if scheme == "folder" and arg:
-        from .folders import load_image_folder
+        from clipforge.data.folders import load_image_folder
         tr, te = _holdout(load_image_folder(arg), test_frac, seed)
         return tr, te, None
     if scheme == "awa2" and arg:
-        from .folders import load_awa2
+        from clipforge.data.folders import load_awa2
         ds, unseen = load_awa2(arg)
         tr, te = _holdout(ds, test_frac, seed)
         return tr, te, unseen

@@ -8,8 +8,8 @@
 """
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .prompts import ZH_TEMPLATES, is_chinese, template_set, templates_for  # noqa: F401  (re-exported)
+from clipforge.errors import ConfigError
+from clipforge.data.prompts import ZH_TEMPLATES, is_chinese, template_set, templates_for  # noqa: F401  (re-exported)
 
 FASHION_MNIST_ZH = ["T恤", "裤子", "套头衫", "连衣裙", "外套", "凉鞋", "衬衫", "运动鞋", "包", "短靴"]
 

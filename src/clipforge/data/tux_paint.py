@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ClipforgeError
-from .captions import CaptionDataset
-from .dataset import SkipReport
+from clipforge.errors import ClipforgeError
+from clipforge.data.dataset import CaptionDataset, SkipReport
 
 STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
 LANGS = {"zh": "zh_CN"}

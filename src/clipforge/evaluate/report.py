@@ -36,8 +36,8 @@ import json
 import math
 from pathlib import Path
 
-from ..errors import ClipforgeError
-from . import report_figures as rf
+from clipforge.errors import ClipforgeError
+from clipforge.evaluate import report_figures as rf
 
 LOWER_IS_BETTER = ("seconds", "loss", "latency", "_ms", "median_rank", "mean_rank", "bytes", "memory", "error")
 THUMB = 64

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from ..extras import require
+from clipforge.util.extras import require
 
 
 def _plt():

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..testhooks import pause_point
+from clipforge.util.testhooks import pause_point
 
 KS = (1, 5, 10)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.descriptions import ClassDescriptions, from_templates
-from ..heads import CosineSimilarity
+from clipforge.data.descriptions import ClassDescriptions, from_templates
+from clipforge.model.heads import CosineSimilarity
 
 
 class ZeroShotClassifier:

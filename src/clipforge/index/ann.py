@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ClipforgeError
-from ..extras import require
+from clipforge.errors import ClipforgeError
+from clipforge.util.extras import require
 
 FLAT_MAX = 50_000
 IVF_MIN = 5_000_000

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cache import EmbeddingCache
-from ..data.images import load_image
-from ..errors import ClipforgeError
-from ..testhooks import pause_point
-from . import ann
-from .embedding import digest_items, embed_items
-from .sources import list_source
-from .store import MetaStore, Record
-from .versions import CURRENT, check_target, collect, current_dir, hold, publish, release, sweep_stale, write_lock
+from clipforge.embed.cache import EmbeddingCache
+from clipforge.data.images import load_image
+from clipforge.errors import ClipforgeError
+from clipforge.util.testhooks import pause_point
+from clipforge.index import ann
+from clipforge.index.embedding import digest_items, embed_items
+from clipforge.index.sources import list_source
+from clipforge.index.store import MetaStore, Record
+from clipforge.index.versions import CURRENT, check_target, collect, current_dir, hold, publish, release, sweep_stale, write_lock
 
 FORMAT = "clipforge-index/1"
 MANIFEST, VECTORS, META = "manifest.json", "vectors.faiss", "meta.sqlite"
@@ -99,7 +99,7 @@ def _load_model(model):
     """A DualEncoder, or a saved model directory -> (model, its directory or None)."""
     if model is None or hasattr(model, "encode_image"):
         return model, getattr(model, "source_dir", None)
-    from ..model import DualEncoder
+    from clipforge.model.dual_encoder import DualEncoder
     return DualEncoder.from_pretrained(model), Path(model)
 
 
@@ -187,7 +187,7 @@ class ImageIndex:
             d = self.manifest["model"].get("dir")
             if not d:
                 raise ClipforgeError(f"index '{self.root}' does not name its model; pass --model DIR")
-            from ..model import DualEncoder
+            from clipforge.model.dual_encoder import DualEncoder
             self._model = DualEncoder.from_pretrained(d)
         return self._model
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..cache import EmbeddingCache, embed_images
-from .sources import SourceItem
-from .store import Record
+from clipforge.embed.cache import EmbeddingCache, embed_images
+from clipforge.index.sources import SourceItem
+from clipforge.index.store import Record
 
 CHUNK = 1024  # images per embedding-cache entry
 

@@ -13,9 +13,9 @@ import logging
 import os
 import threading
 
-from ..errors import ClipforgeError
-from .core import ImageIndex
-from .versions import CURRENT, collect
+from clipforge.errors import ClipforgeError
+from clipforge.index.core import ImageIndex
+from clipforge.index.versions import CURRENT, collect
 
 log = logging.getLogger("clipforge.index")
 

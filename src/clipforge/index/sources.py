@@ -18,8 +18,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.folders import IMAGE_SUFFIXES
-from ..errors import ClipforgeError
+from clipforge.data.folders import IMAGE_SUFFIXES
+from clipforge.errors import ClipforgeError
 
 PATH_COLUMNS = ("filename", "file", "path", "image", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "title", "description")
@@ -101,12 +101,12 @@ def _column(fields: list[str], names: tuple[str, ...]) -> str | None:
 def _csv_items(path: Path) -> tuple[list[SourceItem], list[tuple[str, str]]]:
     """Rows of a caption CSV, read like ``load_caption_csv`` reads them: line by line, so a line that is not UTF-8
     or a quote that never closes is reported on its own line number instead of stopping (or swallowing) the rest."""
-    from ..data.captions import _decode_lines, _rows, row_starts
-    from ..data.dataset import SkipReport
+    from clipforge.data.captions import decode_lines, csv_rows, row_starts
+    from clipforge.data.dataset import SkipReport
     items, seen = [], set()
     base = os.path.realpath(path.parent)
     report = SkipReport()
-    lines = _decode_lines(path.read_bytes(), report, path.name)
+    lines = decode_lines(path.read_bytes(), report, path.name)
     fields = next(csv.reader([lines[0][1]])) if lines else []
     pcol, ccol = _column(fields, PATH_COLUMNS), _column(fields, CAPTION_COLUMNS)
     if pcol is None:
@@ -114,7 +114,7 @@ def _csv_items(path: Path) -> tuple[list[SourceItem], list[tuple[str, str]]]:
                              f"({' or '.join(PATH_COLUMNS[:2])}) and optionally 'caption'; got {fields}")
     pi, ci = fields.index(pcol), fields.index(ccol) if ccol else None
     problems = report.items  # decoding and parsing problems land here, in line order with the rows' own
-    for i, row in _rows(lines[1:], report, path.name, row_starts(pi, (path.parent, path.parent / "images"))):
+    for i, row in csv_rows(lines[1:], report, path.name, row_starts(pi, (path.parent, path.parent / "images"))):
         name = row[pi].strip() if pi < len(row) else ""
         caption = (" ".join(row[ci].split()) or None) if ci is not None and ci < len(row) else None
         where = f"{path.name}:{i}"

@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..errors import ClipforgeError
+from clipforge.errors import ClipforgeError
 
 CURRENT = "CURRENT"
 

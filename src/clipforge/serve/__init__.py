@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..extras import require
+from clipforge.util.extras import require
 
 require("fastapi", "serve", "the web service")  # before .app imports it: one line naming the extra, not a traceback
 require("multipart", "serve", "the web service's uploads")
 
-from .app import LOCAL_HOSTS, ServeSettings, create_app  # noqa: E402
+from clipforge.serve.app import LOCAL_HOSTS, ServeSettings, create_app  # noqa: E402
 
 
 def is_loopback(host: str) -> bool:
@@ -31,7 +31,7 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_timeout
     """uvicorn's Config for ``app`` with the header deadline of protocol.py (``header_timeout`` seconds, which is
     also uvicorn's keep-alive timeout)."""
     uvicorn = require("uvicorn", "serve", "clipforge serve")
-    from .protocol import HeaderTimeoutProtocol
+    from clipforge.serve.protocol import HeaderTimeoutProtocol
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                           http=HeaderTimeoutProtocol, timeout_keep_alive=header_timeout)
 

@@ -32,20 +32,20 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ..data.images import MAX_PIXELS
-from ..data.prompts import split_labels
-from ..errors import ClipforgeError
-from ..evaluate.zeroshot import zero_shot_classifier
-from ..index import ImageIndex, LiveIndex
-from ..index.store import MAX_ID
-from ..similarity import Image as ImageItem
-from ..similarity import Similarity
-from ..similarity import Text as TextItem
-from .batcher import LRU, BatchRunner
-from .decode import DecodeLimits, DecodeRefused, decode_bounded
-from .docs import add_offline_docs
-from .fasttext import text_encoder
-from .uploads import BodyLimit, decode_upload
+from clipforge.data.images import MAX_PIXELS
+from clipforge.data.prompts import split_labels
+from clipforge.errors import ClipforgeError
+from clipforge.evaluate.zeroshot import zero_shot_classifier
+from clipforge.index import ImageIndex, LiveIndex
+from clipforge.index.store import MAX_ID
+from clipforge.model.similarity import Image as ImageItem
+from clipforge.model.similarity import Similarity
+from clipforge.model.similarity import Text as TextItem
+from clipforge.serve.batcher import LRU, BatchRunner
+from clipforge.serve.decode import DecodeLimits, DecodeRefused, decode_bounded
+from clipforge.serve.docs import add_offline_docs
+from clipforge.serve.fasttext import text_encoder
+from clipforge.serve.uploads import BodyLimit, decode_upload
 
 log = logging.getLogger("clipforge.serve")
 STATIC = Path(__file__).parent / "static"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data.images import to_rgb
+from clipforge.data.images import to_rgb
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ClipforgeError
-from ..extras import require
-from ..paths import cache_dir
+from clipforge.errors import ClipforgeError
+from clipforge.util.extras import require
+from clipforge.util.paths import cache_dir
 
 log = logging.getLogger("clipforge.serve")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")

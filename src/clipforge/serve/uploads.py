@@ -13,7 +13,7 @@ import json
 from fastapi import HTTPException
 from PIL import Image
 
-from .decode import DecodeLimits, DecodeRefused, decode_bounded
+from clipforge.serve.decode import DecodeLimits, DecodeRefused, decode_bounded
 
 
 class _TooLarge(Exception):

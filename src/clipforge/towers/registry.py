@@ -1,8 +1,9 @@
 """Tower ids -> towers. Ids read like the ecosystem: pkg:..., hf:..., st:..., scratch:..."""
 from __future__ import annotations
 
-from ..errors import ClipforgeError
-from .base import Tower
+from clipforge.errors import ClipforgeError
+from clipforge.towers.base import Tower
+from clipforge.towers.student import SCHEME, StudentTextTower
 
 PACKAGED_IMAGE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 PACKAGED_TEXT = ("all-MiniLM-L6-v2", "use-m3", "e5-small", "e5-small-query")
@@ -35,33 +36,45 @@ def build_tower(spec: str, modality: str, image_size: int | None = None, invert:
         _check_local_dir(spec, name, modality)
     if modality == "image":
         if scheme == "pkg" and name in PACKAGED_IMAGE:
-            from .efficientnet import EfficientNetLiteTower
+            from clipforge.towers.efficientnet import EfficientNetLiteTower
             return EfficientNetLiteTower(name, image_size=image_size, invert=invert)
         if scheme == "hf":
-            from .hf_image import HFImageTower
+            from clipforge.towers.hf_image import HFImageTower
             return HFImageTower(name, image_size=image_size, invert=invert)
         if scheme == "scratch":
-            from .scratch import ScratchCNNTower
+            from clipforge.towers.scratch import ScratchCNNTower
             return ScratchCNNTower(name, image_size=image_size, invert=invert, config=config)
         raise ClipforgeError(f"unknown image tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_IMAGE]}, "
                              "or hf:<hub id or local dir>, scratch:cnn-small")
     if scheme == "distill":  # a distilled student (distill.py): base tower + learned projection, from its saved config
-        from ..distill import build_student
-        return build_student(spec, config)
+        return _build_student(spec, config)
     if scheme == "pkg" and name in MULTILINGUAL_TEXT:
-        from .multilingual import build_multilingual
+        from clipforge.towers.multilingual import build_multilingual
         return build_multilingual(name)
     if scheme == "pkg" and name in PACKAGED_TEXT:
-        from .text import HFTextTower, packaged_minilm
+        from clipforge.towers.text import HFTextTower, packaged_minilm
         return HFTextTower(packaged_minilm(), tower_id=spec)
     if scheme == "hf":
-        from .text import HFTextTower
+        from clipforge.towers.text import HFTextTower
         return HFTextTower(name)
     if scheme == "st":
-        from .text import STTextTower
+        from clipforge.towers.text import STTextTower
         return STTextTower(name)
     if scheme == "scratch":
-        from .scratch import ScratchTextTower
+        from clipforge.towers.scratch import ScratchTextTower
         return ScratchTextTower(name, config=config)
     raise ClipforgeError(f"unknown text tower '{spec}'; packaged: {['pkg:' + n for n in PACKAGED_TEXT]}, "
                          "hf:<hub id or local dir>, st:<sentence-transformers id or dir>, or scratch:text-small")
+
+
+def _build_student(spec: str, config: dict | None) -> StudentTextTower:
+    """``distill:<base id>`` + its saved tower_config -> an (untrained) student; weights come from the model file."""
+    base_id = spec[len(SCHEME):]
+    if config is None:
+        raise ClipforgeError(f"text tower '{spec}' is a distilled student: it needs its saved tower_config "
+                             "(load it with DualEncoder.from_pretrained from the folder that distill wrote)")
+    if config.get("base") not in (None, base_id):
+        raise ClipforgeError(f"student tower '{spec}' was saved with base '{config['base']}'")
+    base = build_tower(base_id, "text")
+    return StudentTextTower(base, config["dim"], config.get("kind", "mlp"), config.get("hidden", 1024),
+                            config.get("dropout", 0.1))

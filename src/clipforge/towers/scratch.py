@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ClipforgeError
-from .base import Tower
+from clipforge.errors import ClipforgeError
+from clipforge.towers.base import Tower
 
 PAD, UNK = "[PAD]", "[UNK]"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ClipforgeError
-from .base import Tower
-from .loading import local_load
+from clipforge.errors import ClipforgeError
+from clipforge.towers.base import Tower
+from clipforge.towers.loading import local_load
 
 
 def _offline_if_local(path: str) -> None:

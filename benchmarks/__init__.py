@@ -1,0 +1,1 @@
+"""The benchmark suites (outside the library): `clipforge bench <suite>` runs them from a clone."""

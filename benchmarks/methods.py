@@ -1,0 +1,34 @@
+"""Named methods = config overrides on top of the default run config, so every suite can select them."""
+from __future__ import annotations
+
+from clipforge.errors import ConfigError
+
+METHODS: dict[str, list[str]] = {
+    # The default: description sentences, multi-label sigmoid objective, 5-head linear ensemble.
+    "clipforge": [],
+    # Same objective with class names only (no descriptions): what the descriptions buy.
+    "clipforge-names": ["data.descriptions=templates"],
+    # The seed Pretrained_Model_Alignment: one right + one wrong description per image, L1 to +1/-1,
+    # shared Siamese |a-b| MLP; one head, wrong descriptions from seen classes only.
+    "seed-pair-siamese": ["loss.kind=pair", "loss.pair_variant=l1", "head.similarity=siamese",
+                          "head.siamese_shared=true", "train.ensemble=1", "train.lr=1e-3", "train.epochs=300",
+                          "train.batch_size=256"],
+    # The seed "Contrastive": image x caption InfoNCE over the batch (a caption = one random description of the
+    # image's class; same-class captions are positives), fixed temperature 0.07, the two cross-entropies summed,
+    # one linear head onto the text tower's output, no text projection.
+    "seed-contrastive": ["loss.kind=batch-clip", "loss.reduction=sum", "head.init_temperature=0.07",
+                         "head.learn_temperature=false", "head.init_bias=null", "train.ensemble=1", "train.lr=1e-3",
+                         "train.epochs=300", "train.batch_size=256"],
+}
+
+
+# Methods that run on the default config's features but are not a config of the trainer.
+EXTRA = ("clipforge-transductive", "linear-probe", "conse", "procrustes", "least-squares", "asif")
+
+
+def method_overrides(name: str) -> list[str]:
+    if name in EXTRA:
+        return []
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}'; choose from {sorted(METHODS) + list(EXTRA)}")
+    return METHODS[name]

@@ -1,0 +1,1 @@
+"""Training: the Trainer (trainer.py), code-free checkpoints (checkpoint.py) and torchrun support (distributed.py)."""
