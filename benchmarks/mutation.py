@@ -59,6 +59,7 @@ TESTS = [
     "tests/test_losses_values.py",
     "tests/test_heads_values.py",
     "tests/test_heads_batched.py",
+    "tests/test_heads_batched_guards.py",
     "tests/test_zeroshot_values.py",
     "tests/test_retrieval_values.py",
     "tests/test_baselines_values.py",
@@ -67,6 +68,7 @@ TESTS = [
     "tests/test_retrieval_objective.py",
     "tests/test_baselines_leaderboard.py",
     "tests/test_captions_data.py",
+    "tests/test_captions_rows.py",
     "tests/test_gauntlet_parsers.py",
 ]
 # Deterministic property tests (hypothesis), no cache writes into the copy, warnings as they are.
@@ -82,6 +84,18 @@ def _copy_tree(dst: Path) -> None:
         if src.is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
+
+
+def _copy_benchmarks(dst: Path) -> None:
+    """The top-level ``benchmarks`` package's modules (some tests import it, e.g. benchmarks.leaderboard) into
+    ``dst/benchmarks``, which goes on the tests' PYTHONPATH: mutmut's mutants/ copy holds only src/ and tests/."""
+    shutil.rmtree(dst, ignore_errors=True)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", "benchmarks/*.py"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file() and "/" not in rel[len("benchmarks/"):]:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
 
 
 def _setup_cfg(modules: list[str]) -> str:
@@ -101,12 +115,13 @@ def prepare(workdir: Path, modules: list[str], keep: bool) -> None:
     for old in ("src", "tests"):                       # fresh sources either way; mutants/ stays with --keep
         shutil.rmtree(workdir / old, ignore_errors=True)
     _copy_tree(workdir)
+    _copy_benchmarks(workdir / "pkgs")
     (workdir / "setup.cfg").write_text(_setup_cfg(modules))
 
 
 def run_mutmut(workdir: Path, modules: list[str]) -> tuple[int, float]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "CLIPFORGE_SKIP_BROWSER": "1", "PYTHONPATH": ""}
+           "CLIPFORGE_SKIP_BROWSER": "1", "PYTHONPATH": str(workdir / "pkgs")}
     patterns = [p for m in modules for p in MODULES[m][1]]
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *patterns]
     t0 = time.time()
