@@ -259,3 +259,16 @@ def test_stacked_linear_input_gradient_with_frozen_weights():
         ref = torch.ones(4, 5) @ (ws[0] + ws[1]) if z.dim() == 2 else torch.ones(4, 5) @ ws[0]
         assert z.grad is not None
         assert torch.allclose(z.grad if z.dim() == 2 else z.grad[0], ref, atol=1e-5)
+
+
+def test_float32_cpu_masks_come_from_the_uniform_kernel(monkeypatch):
+    """Where the uniform kernel is bernoulli_'s draw (``_uniform_is_bernoulli``), float32 masks on the CPU take it
+    (about 2x faster) and never call bernoulli_; other dtypes call bernoulli_."""
+    real, calls = torch.Tensor.bernoulli_, []
+    monkeypatch.setattr(heads, "_uniform_is_bernoulli", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "bernoulli_", lambda self, *a, **kw: calls.append(self.dtype) or real(self, *a, **kw))
+    ens = _ens("mlp", 0.25, 0.5, k=2).train()
+    noise = _dropout_noise(ens.members, [(3, 12), (3, 7)], torch.empty(0))
+    assert calls == [] and noise[0].dtype == torch.float32
+    _dropout_noise(ens.members, [(3, 12), (3, 7)], torch.empty(0, dtype=torch.float64))
+    assert calls == [torch.float64] * 4
