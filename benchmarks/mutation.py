@@ -264,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
                 "git_head": git, "working_tree": "src/ and tests/ as they were on disk, uncommitted edits included"},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if rc != 0 or n == 0:  # a broken run (mutmut failed, or no mutant ran) must not replace the last good JSON
+        failed = args.out.with_name(args.out.stem + ".failed.json")
+        failed.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+        print(f"mutation: mutmut exited {rc} with {n} mutants; {args.out} kept, this run is in {failed}")
+        return rc or 1
     args.out.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(f"mutation: {killed} killed, {survived} survived of {n} "
           f"({out['metrics']['survived_not_explained']} not explained) in {wall:.0f} s -> {args.out}")
