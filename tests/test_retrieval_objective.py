@@ -117,3 +117,11 @@ def test_pair_objective_scores_each_image_with_its_caption_and_one_wrong_one():
     import pytest
     with pytest.raises(ValueError, match="two different images"):
         obj(CaptionBatch(b.images[:2], b.texts[:2], torch.tensor([0, 0])))
+
+
+
+def test_images_without_any_caption_give_zero_metrics_not_an_index_error():
+    import numpy as np
+    from clipforge.evaluate.retrieval import retrieval_metrics
+    m = retrieval_metrics(np.eye(3, dtype=np.float32), np.zeros((0, 3), np.float32), [])
+    assert len(m) == 9 and all(v == 0.0 for v in m.values()), m

@@ -60,8 +60,11 @@ def retrieval_metrics(image_emb, text_emb, text_owner, score: Callable = _dot, k
     if len(text_owner) and (text_owner.min() < 0 or text_owner.max() >= len(image_emb)):
         raise ValueError("text_owner must index into the images")
     pause_point("evaluation")  # test hook (tests/test_crash.py)
-    r_i2t = ranks_image_to_text(image_emb, text_emb, text_owner, score, chunk)
-    r_t2i = ranks_text_to_image(image_emb, text_emb, text_owner, score, chunk)
+    if len(text_owner) == 0:  # no caption to rank (an empty split): zeros, as for an empty split of images
+        r_i2t, r_t2i = np.zeros(len(image_emb), np.int64), np.zeros(0, np.int64)  # no image has a caption
+    else:
+        r_i2t = ranks_image_to_text(image_emb, text_emb, text_owner, score, chunk)
+        r_t2i = ranks_text_to_image(image_emb, text_emb, text_owner, score, chunk)
     has_caption = np.isin(np.arange(len(image_emb)), text_owner)
     r_i2t = r_i2t[has_caption]
     m = {}
