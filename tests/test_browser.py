@@ -6,8 +6,6 @@ import csv
 import os
 import shutil
 import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -52,14 +50,8 @@ def site(tmp_path_factory):
     # The multilingual text tower, so the page's English and Chinese queries both have right answers to check.
     ImageIndex.build(root / "set" / "captions.csv", useutil.bilingual_model_dir(), root / "index", progress=False)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(root / "index", ServeSettings()), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
+    server, thread = useutil.start_uvicorn(uvicorn.Config(create_app(root / "index", ServeSettings()), host="127.0.0.1",
+                                                          port=port, log_level="warning"))
     yield f"http://127.0.0.1:{port}", root
     server.should_exit = True
     thread.join(10)

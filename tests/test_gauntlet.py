@@ -5,30 +5,28 @@ eval stage (``clipforge eval``), index build (library and ``clipforge index buil
 and download (``clipforge download`` from a local HTTP server). Nothing may crash; every bad item is skipped with
 a reason in that entry point's report (or refused with a clear message); every good item, including the awkward
 but valid ones (CMYK, 16-bit, palette + transparency, EXIF-rotated, animated GIF, unicode and space-laden paths,
-a PNG named .jpg, a large photo), is processed. ``KINDS`` lists what is covered; docs/robustness.md has the table.
+a PNG named .jpg, a large photo), is processed. ``KINDS`` lists what is covered; docs/robustness.md has the table. Bad configs, arguments and checkpoints are
+in test_gauntlet_cli.py, hostile files and requests against the index and the service in test_gauntlet_service.py.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import struct
 import threading
 import urllib.parse
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from clipforge.cli import app
 
 from captionutil import COLOURS, SHAPES, draw
+from gauntletutil import grey_png, missing_from_robustness_doc
 
 # -- the corpus --------------------------------------------------------------------------------------------------
 
@@ -59,16 +57,6 @@ CSV_PROBLEMS = ("empty caption", "whitespace-only caption", "line not UTF-8", "e
 CSV_OK = ("caption spanning two lines (quoted)", "extra header column", "byte-order mark", "unicode caption")
 KINDS = [*BAD_IMAGES, *GOOD_IMAGES, *CSV_PROBLEMS, *CSV_OK, "CSV missing its caption column"]
 
-
-def _png_of_zeros(path: Path, w: int, h: int) -> None:
-    """A valid 1-bit PNG of w x h black pixels, written without ever holding the image (a few KB on disk)."""
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    z = zlib.compressobj(9)
-    row = b"\0" * (1 + (w + 7) // 8)
-    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def _noise(seed: int, size=(48, 40), mode="RGB") -> Image.Image:
@@ -110,8 +98,8 @@ def _write_bad(d: Path) -> dict[str, Path]:
     out["text file named .jpg"].write_text("not an image, just notes\n")
     out["HTML error page named .png"].write_text("<html><body>403 Forbidden</body></html>")
     out["junk after a JPEG signature"].write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
-    _png_of_zeros(out["decompression bomb (12000x12000, 20 KB)"], 12000, 12000)     # over 90 MP, under PIL's 2x limit
-    _png_of_zeros(out["20000x20000 image"], 20000, 20000)                            # 400 MP
+    out["decompression bomb (12000x12000, 20 KB)"].write_bytes(grey_png(12000, 12000, 1))     # over 90 MP, under PIL's 2x limit
+    out["20000x20000 image"].write_bytes(grey_png(20000, 20000, 1))                            # 400 MP
     return out
 
 
@@ -380,206 +368,5 @@ def test_download_keeps_good_images_and_reports_every_bad_one(corpus, tmp_path):
 
 
 def test_every_kind_is_listed_in_the_robustness_doc():
-    doc = Path(__file__).resolve().parents[1] / "docs" / "robustness.md"
-    text = doc.read_text(encoding="utf-8")
-    missing = [k for k in KINDS if k not in text]
+    missing = missing_from_robustness_doc(KINDS)
     assert not missing and len(KINDS) >= 15, missing
-
-
-# -- configs, arguments and checkpoints: one red line, exit code 2, nothing half done ---------------------------
-
-class _Touch:
-    """Unpickling this creates a file: a stand-in for the code a crafted checkpoint could run."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.path),))
-
-
-def _class_folder(root: Path, n_classes: int = 3, per_class: int = 3) -> Path:
-    for c in range(n_classes):
-        d = root / f"class{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        for k in range(per_class):
-            draw(SHAPES[c % 3], list(COLOURS)[k % 4], 10 * c + k).save(d / f"ok-{k}.png")
-    return root
-
-
-def _align(tmp: Path, folder: Path, *sets: str) -> list[str]:
-    return ["align", "--quiet", *[a for s in [f"data.source=folder:{folder}", "data.n_unseen=1", "towers.image_size=32",
-                                              "train.epochs=2", "train.ensemble=1", "train.checkpoint_every=1",
-                                              f"out={tmp / 'run'}", f"cache_dir={tmp / 'cache'}", *sets]
-                                  for a in ("-s", s)]]
-
-
-def _case(kind: str, tmp: Path, corpus) -> tuple[list[str], str]:
-    """-> (argv, what the one error line must say) for a CLI kind, its files written under ``tmp``."""
-    if kind == "config file not UTF-8":
-        (tmp / "latin1.yaml").write_bytes("train:\n  epochs: 3  # caf\xe9\n".encode("latin-1"))
-        return ["align", "-c", str(tmp / "latin1.yaml")], "not UTF-8"
-    if kind == "a directory given as a config":
-        return ["train", "-c", str(tmp)], "is a directory"
-    if kind == "true for an integer (epochs: true)":
-        (tmp / "bool.yaml").write_text("train:\n  epochs: true\n")
-        return ["align", "-c", str(tmp / "bool.yaml")], "'train.epochs': Value error, needs a number"
-    if kind == "infinite learning rate (train.lr=inf)":
-        return ["align", "-s", "train.lr=inf"], "'train.lr': Input should be a finite number"
-    if kind == "learning rate that overflows (train.lr=1e308)":
-        return ["train", "-s", "train.lr=1e308"], "'train.lr': Input should be less than or equal to 10"
-    if kind == "NaN for a float (train.weight_decay=.nan)":
-        return ["align", "-s", "train.weight_decay=.nan"], "'train.weight_decay': Input should be a finite number"
-    if kind == "as many unseen classes as classes (data.n_unseen)":
-        return _align(tmp, _class_folder(tmp / "classes"), "data.n_unseen=3"), "'data.n_unseen': 3 unseen of 3 classes"
-    if kind == "missing local directory as a tower (towers.text=hf:/nonexistent/dir)":
-        return (_align(tmp, _class_folder(tmp / "classes"), "towers.text=hf:/nonexistent/dir"),
-                "the local directory '/nonexistent/dir' does not exist")
-    if kind == "a folder of only broken images":
-        for i, p in enumerate(corpus["bad"].values()):
-            d = tmp / "broken" / f"class{i % 2}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / p.name).write_bytes(p.read_bytes())
-        return _align(tmp, tmp / "broken"), "no usable training images"
-    if kind == "serve port out of range (--port 99999)":
-        return ["serve", str(tmp / "idx"), "--port", "99999"], "--port 99999 is not a TCP port"
-    if kind == "negative upload limit (serve --max-upload-mb -1)":
-        return ["serve", str(tmp / "idx"), "--max-upload-mb", "-1"], "--max-upload-mb must be a positive"
-    if kind == "empty text query (index search IDX '')":
-        return ["index", "search", str(tmp / "idx"), " "], "the text QUERY is empty"
-    if kind in ("crafted checkpoint (code in the pickle)", "truncated checkpoint, no earlier one", "garbage checkpoint"):
-        ckpt = tmp / "run" / "checkpoints"
-        ckpt.mkdir(parents=True)
-        if kind.startswith("crafted"):
-            torch.save({"model": {}, "opt": {}, "sched": {}, "state": _Touch(tmp / "pwned"), "rng": {}}, ckpt / "last.pt")
-            want = "holds Python objects other than tensors"
-        else:
-            buf = io.BytesIO()
-            torch.save({"model": {"w": torch.zeros(1000)}}, buf)
-            (ckpt / "last.pt").write_bytes(buf.getvalue()[:300] if kind.startswith("truncated") else os.urandom(3000))
-            want = "cannot be read"
-        return [*_align(tmp, _class_folder(tmp / "classes")), "--resume"], want
-    raise KeyError(kind)
-
-
-CLI_PROBLEMS = ("config file not UTF-8", "a directory given as a config", "true for an integer (epochs: true)",
-                "infinite learning rate (train.lr=inf)", "learning rate that overflows (train.lr=1e308)",
-                "NaN for a float (train.weight_decay=.nan)", "as many unseen classes as classes (data.n_unseen)",
-                "missing local directory as a tower (towers.text=hf:/nonexistent/dir)", "a folder of only broken images",
-                "serve port out of range (--port 99999)", "negative upload limit (serve --max-upload-mb -1)",
-                "empty text query (index search IDX '')", "crafted checkpoint (code in the pickle)",
-                "truncated checkpoint, no earlier one", "garbage checkpoint")
-KINDS += CLI_PROBLEMS
-
-
-@pytest.mark.parametrize("kind", CLI_PROBLEMS)
-def test_bad_configs_arguments_and_checkpoints_are_one_clear_line(kind, corpus, tmp_path):
-    argv, want = _case(kind, tmp_path, corpus)
-    r = CliRunner().invoke(app, argv)
-    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
-    assert r.exit_code == 2 and len(errors) == 1 and want in errors[0], (kind, r.output, repr(r.exception))
-    assert "Traceback" not in r.output and "huggingface" not in r.output.lower(), r.output
-    assert not (tmp_path / "pwned").exists(), "a crafted checkpoint ran code"
-    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "results.json").exists()
-
-
-# -- the service and the index against hostile files and requests (issue 16) --------------------------------------
-
-INDEX_KINDS = ("symlink to a file outside the image folder (/etc/passwd)", "dangling symlink",
-               "symlink to a folder outside the image folder", "SVG without a PNG twin", "SVG with a PNG twin",
-               "FIFO named .png", "file that is not an image type (.txt)", "CSV row pointing outside the CSV's folder")
-SERVE_KINDS = ("39,000,000 x 1 PNG (extreme aspect ratio)", "36 MP 16-bit PNG", "thumbnail id beyond SQLite integers",
-               "foreign Host header (DNS rebinding)", "request header that never completes", "search of an empty index")
-KINDS += [*INDEX_KINDS, *SERVE_KINDS]
-
-
-def _grey_png(w: int, h: int, depth: int = 8) -> bytes:
-    """A grey PNG of zeros (8- or 16-bit), compressed row by row: a few KB whatever the size."""
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    z = zlib.compressobj(9)
-    row = b"\0" * (1 + w * depth // 8)
-    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
-def test_index_build_reports_links_vector_images_and_special_files(tmp_path):
-    import useutil
-    from clipforge.index import ImageIndex
-    folder = useutil.make_shapes(tmp_path / "stamps", per_class=1, seed=8)
-    (tmp_path / "elsewhere").mkdir()
-    files = {"symlink to a file outside the image folder (/etc/passwd)": ("passwd.png", "outside the image folder"),
-             "dangling symlink": ("gone.png", "dangling symlink"),
-             "symlink to a folder outside the image folder": ("more", "folder outside the image folder"),
-             "SVG without a PNG twin": ("lone.svg", "no PNG twin"),
-             "SVG with a PNG twin": ("tux.svg", "PNG twin tux.png is indexed"),
-             "FIFO named .png": ("pipe.png", "FIFO"),
-             "file that is not an image type (.txt)": ("tux.txt", "not an image file type")}
-    (folder / "passwd.png").symlink_to("/etc/passwd")
-    (folder / "gone.png").symlink_to(tmp_path / "no-such.png")
-    (folder / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    for name in ("lone.svg", "tux.svg"):
-        (folder / name).write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
-    _noise(30).save(folder / "tux.png")
-    os.mkfifo(folder / "pipe.png")
-    (folder / "tux.txt").write_text("Tux, the penguin")
-    ix = ImageIndex.build(folder, useutil.trained_model_dir(), tmp_path / "idx", progress=False, cache_dir=tmp_path / "c")
-    reasons = dict(ix.report.skipped)
-    for kind, (name, words) in files.items():
-        assert words in reasons.get(str(folder / name), ""), (kind, reasons.get(str(folder / name)))
-    assert len(ix) == len(useutil.SHAPES) + 1                                        # the shapes and tux.png
-
-    (tmp_path / "set").mkdir()                                                       # "CSV row pointing outside ..."
-    _noise(31).save(tmp_path / "set" / "ok.png")
-    (tmp_path / "set" / "captions.csv").write_text("filename,caption\nok.png,fine\n../stamps/tux.png,up\n/etc/passwd,abs\n")
-    ix2 = ImageIndex.build(tmp_path / "set" / "captions.csv", useutil.trained_model_dir(), tmp_path / "idx2",
-                           progress=False, cache_dir=tmp_path / "c")
-    assert len(ix2) == 1 and [r for _, r in ix2.report.skipped if "outside the CSV's folder" in r] and \
-        len(ix2.report.skipped) == 2, ix2.report.skipped
-
-
-def test_serve_refuses_memory_hungry_pngs_foreign_hosts_and_huge_ids(tmp_path):
-    import socket
-    import time
-
-    import useutil
-    from fastapi.testclient import TestClient
-    from clipforge.index import ImageIndex
-    from clipforge.serve import ServeSettings, create_app, server_config
-    index_dir, _ = useutil.shared_index()
-    app = create_app(index_dir, ServeSettings(text_runtime="torch"))
-    client = TestClient(app, raise_server_exceptions=False, base_url="http://localhost")
-    r = client.post("/api/search/image", files={"file": ("long.png", _grey_png(39_000_000, 1), "image/png")})
-    assert r.status_code == 422 and "aspect ratio" in r.json()["detail"], r.text
-    r = client.post("/api/search/image", files={"file": ("deep.png", _grey_png(6000, 6000, 16), "image/png")})
-    assert r.status_code == 200 and r.json()["results"], r.text                    # decoded small, then searched
-    assert client.get(f"/api/thumbnail/{2 ** 63}").status_code in (404, 422)
-    r = TestClient(app, base_url="http://evil.example").get("/api/health")
-    assert r.status_code == 400 and "host" in r.text.lower()
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    ImageIndex.build(empty, useutil.trained_model_dir(), tmp_path / "idx", progress=False, cache_dir=tmp_path / "c")
-    r = TestClient(create_app(tmp_path / "idx", ServeSettings(text_runtime="torch")), raise_server_exceptions=False,
-                   base_url="http://localhost").get("/api/search/text", params={"q": "a circle"})
-    assert r.status_code == 400 and "holds no images" in r.json()["detail"], r.text
-
-    import uvicorn
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout=1, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=6) as c:
-            t0 = time.time()
-            c.sendall(b"POST /api/search/image HTTP/1.1\r\nHost: local")
-            assert c.recv(64) == b"" and time.time() - t0 < 4                      # closed by the server
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -4,12 +4,9 @@ connections that never finish their header, and the API page offline."""
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,6 +14,7 @@ import pytest
 import uvicorn
 
 import useutil
+from gauntletutil import grey_png
 from clipforge.index import ImageIndex
 from clipforge.serve import ServeSettings, create_app
 
@@ -28,14 +26,7 @@ def _free_port() -> int:
 
 
 def _start(config: uvicorn.Config):
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    return server, thread
+    return useutil.start_uvicorn(config)
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +80,6 @@ def test_thumbnail_of_an_id_beyond_sqlite_integers_is_404_or_422(live, image_id)
 
 # -- 3. memory of decoding uploads --------------------------------------------------------------------------------
 
-def _png(w: int, h: int, bit_depth: int = 8) -> bytes:
-    """A grey PNG of zeros, w x h, compressed row by row (never held whole): a few KB on disk."""
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    z = zlib.compressobj(9)
-    row = b"\0" * (1 + w * bit_depth // 8)
-    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
 
 def _kib(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -115,7 +96,7 @@ def _peak_growth_mb(fn) -> float:
 
 
 def test_three_concurrent_39m_by_1_png_uploads_stay_under_500_mb(live):
-    data = _png(39_000_000, 1)
+    data = grey_png(39_000_000, 1)
     assert len(data) < 60_000 and 39_000_000 < ServeSettings().max_pixels
     answers = []
 
@@ -129,7 +110,7 @@ def test_three_concurrent_39m_by_1_png_uploads_stay_under_500_mb(live):
 
 
 def test_a_36_mp_16_bit_png_is_searched_within_a_bounded_decode(live):
-    data = _png(6000, 6000, bit_depth=16)
+    data = grey_png(6000, 6000, 16)
     answers: list = []
     growth = _peak_growth_mb(lambda: answers.append(_search_image(live["base"], data)))
     print(f"one 6000x6000 16-bit PNG upload: peak RSS growth {growth:.0f} MB")

@@ -113,3 +113,18 @@ def shared_index(tmp_root: Path | None = None):
         ImageIndex.build(coll, model, base / "index", progress=False)
         _CACHE["index"] = (base / "index", coll)
     return _CACHE["index"]
+
+
+def start_uvicorn(config):
+    """Run a uvicorn server for ``config`` in a daemon thread; returns (server, thread) once it accepts connections."""
+    import threading
+    import time
+    import uvicorn
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    return server, thread
