@@ -6,7 +6,7 @@ import ipaddress
 from clipforge.util.extras import require
 
 require("fastapi", "serve", "the web service")  # before .app imports it: one line naming the extra, not a traceback
-require("multipart", "serve", "the web service's uploads")
+require("python_multipart", "serve", "the web service's uploads")
 
 from clipforge.serve.app import LOCAL_HOSTS, ServeSettings, create_app  # noqa: E402
 
