@@ -108,7 +108,10 @@ class RunConfig(Strict):
 # -- image-caption training (the seeds "Contrastive" and "CLIP-Chinese"): train and eval stages ---------------
 
 class CaptionDataConfig(Strict):
-    source: str = Field("tux-paint", description="'tux-paint', 'emoji', 'csv:<file>', 'captions:<dir with captions.csv>'")
+    source: str = Field("tux-paint", description="'tux-paint', 'emoji', 'csv:<file>', 'captions:<dir with captions.csv>', "
+                                                 "'wds:<shards, e.g. data/{00000..00009}.tar>'")
+    caption_field: str = Field("txt", min_length=1, description="wds: sources: the caption's member ('txt': {key}.txt) "
+                                                                "or a field of {key}.json ('caption')")
     valid_source: str | None = Field(None, description="a separate held-out set (e.g. datasets/valid); else fold `fold` is held out")
     language: str = Field("en", description="caption language: 'en', a translation the source has ('zh'), or a mix "
                                             "('en+zh': every image's captions in both, one batch holds both languages)")

@@ -6,7 +6,8 @@ Where captions come from:
   extra fields, a quote never closed) is skipped and reported with its line number instead of failing the whole file;
   a quote left open ends at the next line that begins with an existing image file and a comma (that line is a
   row of its own, not more caption);
-* packaged sources in ``tux_paint.py`` and ``emoji.py``.
+* packaged sources in ``tux_paint.py`` and ``emoji.py``;
+* WebDataset shards (``wds:``, as img2dataset writes them) in ``wds.py``.
 
 Several rows with the same filename give that image several captions; retrieval counts a hit when any
 of them is retrieved.
@@ -154,9 +155,13 @@ def csv_rows(lines: list[tuple[int, str]], report: SkipReport, where: str, start
             yield no, rows[0]
 
 
-def load_caption_source(spec: str) -> CaptionDataset:
-    """``tux-paint``, ``emoji``, ``csv:<file>``, ``captions:<dir with captions.csv>`` or a .csv path."""
+def load_caption_source(spec: str, caption_field: str = "txt") -> CaptionDataset:
+    """``tux-paint``, ``emoji``, ``csv:<file>``, ``captions:<dir with captions.csv>``, a .csv path or
+    ``wds:<shard | folder | brace pattern>`` (WebDataset shards; ``caption_field``: data/wds.py)."""
     scheme, _, rest = spec.partition(":")
+    if scheme == "wds":
+        from clipforge.data.wds import load_wds
+        return load_wds(spec, caption_field)
     if spec == "tux-paint" or scheme == "tux-paint":
         from clipforge.data.tux_paint import load_tux_paint
         return load_tux_paint(rest or None)
