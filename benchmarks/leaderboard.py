@@ -83,9 +83,9 @@ def write_leaderboard(directory: str | Path) -> Path:
 
 FASHION_ALL = ["clipforge", "clipforge-transductive", "seed-pair-siamese", "seed-contrastive", "clipforge-names",
                "conse", "procrustes", "least-squares", "asif", "linear-probe"]
-TUX_ALL = ["clipforge", "seed-contrastive", "seed-pair-siamese", "conse", "procrustes", "least-squares", "asif"]
+TUX_ALL = ["clipforge", "seed-contrastive", "seed-pair-siamese", "conse", "procrustes", "least-squares", "asif", "csa"]
 TUX_ZH_ALL = ["clipforge", "use-m3-mixed", "altclip-distill", "minilm-english", "seed-contrastive", "seed-pair-siamese",
-              "conse", "procrustes", "least-squares", "asif"]
+              "conse", "procrustes", "least-squares", "asif", "csa"]
 MNIST_ALL = ["clipforge", "scratch-cnn+frozen-minilm", "pretrained-clipforge", "seed-pair-siamese", "seed-contrastive",
              "conse", "procrustes", "least-squares", "asif", "linear-probe"]
 

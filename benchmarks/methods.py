@@ -23,7 +23,7 @@ METHODS: dict[str, list[str]] = {
 
 
 # Methods that run on the default config's features but are not a config of the trainer.
-EXTRA = ("clipforge-transductive", "linear-probe", "conse", "procrustes", "least-squares", "asif")
+EXTRA = ("clipforge-transductive", "linear-probe", "conse", "procrustes", "least-squares", "asif", "csa")
 
 
 def method_overrides(name: str) -> list[str]:

@@ -4,7 +4,7 @@ four, R@1/5/10 both ways and MR on the fifth. Methods share towers and cached fe
 ``seed-contrastive`` re-creates the seed "Contrastive" objective on the same towers: a linear image
 projection onto the text tower's pooled output (no text projection), fixed temperature 0.07, the two
 cross-entropies summed, no ConSE bridge, one head. ``seed-pair-siamese`` is the seed "Pretrained_Model_Alignment":
-one right and one wrong caption per image, a shared Siamese MLP as the similarity. ``conse``, ``procrustes``, ``least-squares`` and ``asif``
+one right and one wrong caption per image, a shared Siamese MLP as the similarity. ``conse``, ``procrustes``, ``least-squares``, ``asif`` and ``csa``
 are the closed-form baselines of baselines.py on the same cached features.
 """
 from __future__ import annotations

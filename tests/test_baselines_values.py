@@ -108,7 +108,7 @@ def test_class_weights_are_renormalised_means_of_sentence_embeddings():
 
 
 def test_make_knows_every_baseline_and_names_an_unknown_one():
-    assert BASELINES == ("conse", "procrustes", "least-squares", "asif")
+    assert BASELINES == ("conse", "procrustes", "least-squares", "asif", "csa")
     conse = make("conse", classifier=torch.from_numpy, class_text=np.eye(2, dtype=np.float32), temperature=0.5)
     assert isinstance(conse, ConSE) and conse.temperature == 0.5
     assert make("conse", classifier=None, class_text=np.eye(2)).temperature == 1.0
