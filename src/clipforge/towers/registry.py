@@ -6,7 +6,7 @@ from clipforge.towers.base import Tower
 from clipforge.towers.student import SCHEME, StudentTextTower
 
 PACKAGED_IMAGE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
-PACKAGED_TEXT = ("all-MiniLM-L6-v2", "use-m3", "e5-small", "e5-small-query")
+PACKAGED_TEXT = ("all-MiniLM-L6-v2", "use-m3", "e5-small", "e5-small-query", "all-mpnet-base-v2")
 MULTILINGUAL_TEXT = ("use-m3", "e5-small", "e5-small-query")  # frozen numpy/C encoders (towers/multilingual.py)
 
 
@@ -51,6 +51,9 @@ def build_tower(spec: str, modality: str, image_size: int | None = None, invert:
     if scheme == "pkg" and name in MULTILINGUAL_TEXT:
         from clipforge.towers.multilingual import build_multilingual
         return build_multilingual(name)
+    if scheme == "pkg" and name == "all-mpnet-base-v2":  # five PyPI parts, joined once (towers/mpnet.py)
+        from clipforge.towers.mpnet import build_mpnet
+        return build_mpnet(spec)
     if scheme == "pkg" and name in PACKAGED_TEXT:
         from clipforge.towers.text import HFTextTower, packaged_minilm
         return HFTextTower(packaged_minilm(), tower_id=spec)
