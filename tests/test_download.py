@@ -1,5 +1,6 @@
-"""clipforge download against a local HTTP server on 127.0.0.1: good files, 404s, slow answers, truncated files,
-non-images, GIFs, tiny images, a flaky URL that works on retry; then a rerun that fetches nothing again."""
+"""clipforge download (img2dataset into WebDataset shards) against a local HTTP server on 127.0.0.1: good files,
+404s, slow answers, truncated transfers, cut files, non-images, tiny images, a flaky URL that works on retry, URLs
+that must never be fetched; then reruns that fetch only unfinished shards, and the shards read back as wds:."""
 import csv
 import io
 import threading
@@ -9,11 +10,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+import pyarrow.parquet as pq
 from PIL import Image
 from typer.testing import CliRunner
 
 from clipforge.cli import app
+from clipforge.data.dataset import SkipReport
 from clipforge.data.download import DownloadSettings, download
+from clipforge.data.wds import iter_samples
+from clipforge.errors import ClipforgeError
 
 
 def _noise_png() -> bytes:
@@ -83,7 +88,7 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128   # the default backlog of 5 drops SYNs when 8 workers connect at once
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server():
     Handler.hits = Counter()
     Handler.flaky_left = {}
@@ -109,54 +114,84 @@ def _write_urls(path, base):
     return rows
 
 
-SETTINGS = DownloadSettings(workers=8, timeout=1.0, retries=2, backoff=0.05, min_side=16)
+SETTINGS = DownloadSettings(workers=8, timeout=1.0, retries=2, min_side=16, shard_size=8)
 
 
-def test_download_keeps_good_images_and_reports_every_failure(tmp_path, server):
-    _write_urls(tmp_path / "urls.csv", server)
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory, server):
+    """One download of the whole list (about 10 s: the slow URL times out three times), shared by the tests."""
+    tmp = tmp_path_factory.mktemp("dl")
+    rows = _write_urls(tmp / "urls.csv", server)
     t0 = time.time()
-    report = download(tmp_path / "urls.csv", tmp_path / "out", SETTINGS, progress=False)
-    assert time.time() - t0 < 15
-    assert report.ok == len(GOOD) + 1 and report.failed == 9
-    with open(tmp_path / "out" / "captions.csv", encoding="utf-8") as f:
-        kept = list(csv.DictReader(f))
-    assert {r["caption"] for r in kept} == {f"caption of {p}" for p in GOOD} | {"flaky, 雨"}
-    for r in kept:
-        img = Image.open(tmp_path / "out" / r["filename"])
-        assert img.mode == "RGB" and img.size == (int(r["width"]), int(r["height"])) == (64, 48)
-    with open(tmp_path / "out" / "failures.csv", encoding="utf-8") as f:
-        fails = {r["caption"]: r for r in csv.DictReader(f)}
-    assert fails["404"]["reason"] == "HTTP 404" and fails["404"]["attempts"] == "1"       # no retry on 404
-    assert "timed out" in fails["slow"]["reason"] and fails["slow"]["attempts"] == "3"    # retried, then given up
-    assert "truncated" in fails["truncated"]["reason"]
-    assert "cannot decode" in fails["cut"]["reason"]
-    assert "not an image" in fails["html"]["reason"]
-    assert fails["gif"]["reason"].startswith("GIF")
-    assert "too small" in fails["tiny"]["reason"]
-    assert fails["local"]["reason"] == "not an http(s) URL"
-    assert "duplicate" in fails["repeat"]["reason"]
-    assert Handler.hits["/flaky.png"] == 3                                             # 503, 503, 200
-    assert not list((tmp_path / "out" / "images").glob(".*part"))                      # no half files left
+    report = download(tmp / "urls.csv", tmp / "out", SETTINGS, progress=False)
+    return tmp, rows, report, time.time() - t0, Counter(Handler.hits)
 
 
-def test_rerun_resumes_without_fetching_done_files(tmp_path, server):
-    _write_urls(tmp_path / "urls.csv", server)
-    download(tmp_path / "urls.csv", tmp_path / "out", SETTINGS, progress=False)
-    (tmp_path / "out" / "images" / sorted(p.name for p in (tmp_path / "out" / "images").iterdir())[0]).unlink()
+def _failures(out):
+    with open(out / "failures.csv", encoding="utf-8") as f:
+        return {r["caption"]: r["reason"] for r in csv.DictReader(f)}
+
+
+def test_download_keeps_good_images_and_reports_every_failure(fetched):
+    tmp, rows, report, seconds, hits = fetched
+    out = tmp / "out"
+    assert seconds < 30
+    assert report.ok == len(GOOD) + 2 and report.failed == 8 and report.shards == 2     # 17 URLs fetched, 8 a shard
+    got = list(iter_samples(f"wds:{out}", skipped := SkipReport()))
+    assert not skipped.items
+    assert {s.caption for s in got} == {f"caption of {p}" for p in GOOD} | {"flaky, 雨", "gif"}  # OpenCV reads GIFs
+    assert all(s.image.mode == "RGB" and s.image.size == (64, 48) for s in got)
+    fails = _failures(out)
+    assert set(fails) == {"404", "slow", "truncated", "cut", "html", "tiny", "local", "repeat"}
+    assert "404" in fails["404"] and "timed out" in fails["slow"] and "IncompleteRead" in fails["truncated"]
+    assert "decod" in fails["cut"] and "decod" in fails["html"] and "too small" in fails["tiny"]
+    assert fails["local"] == "not an http(s) URL" and fails["repeat"].startswith("duplicate of row")
+    assert hits["/flaky.png"] == 3 and hits["/slow.png"] == 3                        # 503, 503, 200; three timeouts
+    assert sum(hits.values()) == 3 * 4 + len(GOOD) + 4    # 404/truncated/slow/flaky thrice; file:// and the repeat never
+    table = pq.read_table(out / "00000.parquet").to_pylist()                         # img2dataset's own row per URL
+    assert {r["status"] for r in table} <= {"success", "failed_to_download", "failed_to_resize"}
+    assert not list(out.glob("_tmp"))
+
+
+def test_rerun_fetches_only_unfinished_shards(fetched, server):
+    tmp, rows, report, _, _ = fetched
+    out = tmp / "out"
     before = Counter(Handler.hits)
-    report = download(tmp_path / "urls.csv", tmp_path / "out", SETTINGS, progress=False)
-    fetched = Handler.hits - before
-    assert report.ok == len(GOOD) + 1 and report.resumed == len(GOOD)   # one deleted file fetched again
-    assert sum(fetched[p] for p in GOOD) + fetched["/flaky.png"] == 1
-    assert fetched["/missing.png"] == 1                                  # failures are tried again
+    again = download(tmp / "urls.csv", out, SETTINGS, progress=False)
+    assert Handler.hits == before and again.ok == report.ok and again.resumed == report.ok    # nothing fetched
+    (out / "00001_stats.json").unlink()                       # the second shard "did not finish"
+    second = {r["url"].split(server)[1] for r in pq.read_table(out / "00001.parquet").to_pylist()}
+    before = Counter(Handler.hits)
+    third = download(tmp / "urls.csv", out, SETTINGS, progress=False)
+    fetched_now = Handler.hits - before
+    assert set(fetched_now) == second and third.ok == report.ok
+    assert third.resumed == report.ok - sum(1 for s in iter_samples(str(out / "00001.tar"), SkipReport()))
 
 
-def test_cli_download_then_index_build_reads_the_folder(tmp_path, server):
-    _write_urls(tmp_path / "urls.csv", server)
+def test_a_different_list_is_not_mixed_into_old_shards(fetched, server):
+    tmp, rows, _, _, _ = fetched
+    with open(tmp / "other.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["url", "caption"], [f"{server}/good3.png", "other"]])
+    with pytest.raises(ClipforgeError, match="different URL list"):
+        download(tmp / "other.csv", tmp / "out", SETTINGS, progress=False)
+
+
+def test_cli_download_then_index_build_reads_the_shards(tmp_path, server):
+    with open(tmp_path / "urls.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["url", "caption"]] + [[f"{server}{p}", f"caption of {p}"] for p in GOOD]
+                                + [[f"{server}/missing.png", "404"]])
     r = CliRunner().invoke(app, ["download", str(tmp_path / "urls.csv"), "--out", str(tmp_path / "out"), "--timeout", "1",
-                                 "--retries", "2", "--min-side", "16", "--quiet"])
+                                 "--retries", "0", "--min-side", "16", "--format", "png", "--quiet"])
     assert r.exit_code == 0, r.output
-    assert "8 images" in r.output and "failures.csv" in r.output
+    assert f"{len(GOOD)} images in 1 shards" in r.output and "failures.csv" in r.output
     from clipforge.index.sources import list_source
-    items, problems = list_source(tmp_path / "out" / "captions.csv")
-    assert len(items) == 8 and not problems and all(i.caption for i in items)
+    items, problems = list_source(f"wds:{tmp_path / 'out'}")
+    assert len(items) == len(GOOD) and not problems
+    assert sorted(i.caption for i in items) == sorted(f"caption of {p}" for p in GOOD)
+    assert all(Image.open(i.path).size == (64, 48) for i in items)
+
+
+def test_bad_settings_are_one_clear_error(tmp_path):
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/x.png\n")
+    with pytest.raises(ClipforgeError, match="image format"):
+        download(tmp_path / "urls.txt", tmp_path / "out", DownloadSettings(image_format="gif"), progress=False)

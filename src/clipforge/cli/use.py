@@ -39,7 +39,7 @@ def _print_skipped(skipped, limit: int = 10) -> None:
 
 @index_app.command("build")
 @friendly
-def index_build(source: Path = typer.Argument(..., help="an image folder, or a caption CSV (filename,caption)"),
+def index_build(source: Path = typer.Argument(..., help="an image folder, a caption CSV (filename,caption) or wds:<shards>"),
                 model: Path = typer.Option(..., "--model", "-m", help="a saved clipforge model directory"),
                 out: Path = typer.Option(..., "--out", "-o", help="the index folder (replaced atomically if it exists)"),
                 kind: str = typer.Option("auto", help="auto (by size), flat (exact), hnsw or ivf"),
@@ -174,21 +174,24 @@ def similarity(model: Path = typer.Option(..., "--model", "-m", help="a saved cl
 
 @app.command()
 @friendly
-def download(urls: Path = typer.Argument(..., help="CSV with url[,caption] columns, or a text file of URLs"),
-             out: Path = typer.Option(..., "--out", "-o", help="output folder (images/, captions.csv, failures.csv)"),
-             workers: int = typer.Option(16, min=1), timeout: float = typer.Option(10.0, help="seconds per connect/read"),
+def download(urls: Path = typer.Argument(..., help="CSV / TSV / parquet with url[,caption] columns, or a text file of URLs"),
+             out: Path = typer.Option(..., "--out", "-o", help="output folder (WebDataset shards + failures.csv)"),
+             workers: int = typer.Option(16, min=1, help="download threads per process"),
+             processes: int = typer.Option(1, min=1, help="img2dataset processes"),
+             timeout: float = typer.Option(10.0, help="seconds per request"),
              retries: int = typer.Option(3, min=0), min_side: int = typer.Option(32, min=1, help="drop smaller images"),
              max_side: int = typer.Option(0, min=0, help="shrink larger images to this side (0 = keep)"),
-             image_format: str = typer.Option("jpg", "--format", help="jpg or png"), quiet: bool = typer.Option(False)):
-    """Fetch an image collection in parallel (resumable), keep what decodes, write a clean caption CSV."""
+             image_format: str = typer.Option("jpg", "--format", help="jpg, png or webp"),
+             shard_size: int = typer.Option(10_000, min=1, help="URLs per shard"), quiet: bool = typer.Option(False)):
+    """Fetch an image collection with img2dataset into WebDataset shards (resumable per shard); read them as wds:OUT."""
     from clipforge.data.download import DownloadSettings
     from clipforge.data.download import download as run_download
-    s = DownloadSettings(workers=workers, timeout=timeout, retries=retries, min_side=min_side, max_side=max_side,
-                         image_format=image_format)
+    s = DownloadSettings(workers=workers, processes=processes, timeout=timeout, retries=retries, min_side=min_side,
+                         max_side=max_side, image_format=image_format, shard_size=shard_size)
     report = run_download(urls, out, s, progress=not quiet)
     typer.echo(report.summary())
     if report.failed:
-        typer.echo(f"failures: {out / 'failures.csv'}")
+        typer.echo(f"failures: {report.out / 'failures.csv'}")
 
 
 @bench_app.command("ann")

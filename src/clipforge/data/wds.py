@@ -123,7 +123,7 @@ def _why(exn: BaseException) -> str:
     return f"{exn.__class__.__name__}: {text.split(' @ ')[0]}"[:200]
 
 
-def _shard_samples(shard: str, report: SkipReport, caption_field: str) -> Iterator[WdsSample]:
+def _shard_samples(shard: str, report: SkipReport, caption_field: str, require_caption: bool) -> Iterator[WdsSample]:
     name = Path(shard).name
     if not Path(shard).is_file():
         report.add(name, f"shard not found: {shard}")
@@ -140,6 +140,8 @@ def _shard_samples(shard: str, report: SkipReport, caption_field: str) -> Iterat
         item = f"{name}:{raw.get('__key__', '?')}"
         ext = next((e for e in IMAGE_EXTS if e in raw), None)
         caption, why = caption_of(raw, caption_field)
+        if caption is None and not require_caption:
+            caption = ""
         if (ext is None or caption is None) and last and problems:
             report.add(item, "cut off where the shard is truncated")
         elif ext is None:
@@ -171,10 +173,12 @@ def _shard_samples(shard: str, report: SkipReport, caption_field: str) -> Iterat
         report.add(name, f"truncated or unreadable shard ({why}); {read} samples read before it")
 
 
-def iter_samples(shards: list[str] | str, report: SkipReport, caption_field: str = "txt") -> Iterator[WdsSample]:
-    """Every usable sample of ``shards`` (a list, or a ``wds:`` spec) in order; the rest lands in ``report``."""
+def iter_samples(shards: list[str] | str, report: SkipReport, caption_field: str = "txt",
+                 require_caption: bool = True) -> Iterator[WdsSample]:
+    """Every usable sample of ``shards`` (a list, or a ``wds:`` spec) in tar order; the rest lands in ``report``.
+    ``require_caption=False`` (an image index) keeps images without a caption, with caption ''."""
     for shard in (list_shards(shards) if isinstance(shards, str) else shards):
-        yield from _shard_samples(str(shard), report, caption_field)
+        yield from _shard_samples(str(shard), report, caption_field, require_caption)
 
 
 def skips_per_shard(report: SkipReport) -> dict[str, int]:
@@ -196,12 +200,14 @@ def _save_image(img: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_wds(spec: str, caption_field: str = "txt", root: str | Path | None = None) -> CaptionDataset:
+def load_wds(spec: str, caption_field: str = "txt", root: str | Path | None = None,
+             require_caption: bool = True) -> CaptionDataset:
     """The shards of ``spec`` as a CaptionDataset of files (see the module doc): decoded images are written once
     (PNG, already RGB on white) under ``root`` (default: the user cache's ``data/wds``), reused while the shards
-    are unchanged. The skip report is kept beside them, so a reused folder reports the same skips."""
+    are unchanged. Samples are in shard order, then key order. The skip report is kept beside them, so a reused
+    folder reports the same skips."""
     shards = list_shards(spec)
-    folder = Path(root or cache_dir("data") / "wds").resolve() / _cache_key(shards, caption_field)
+    folder = Path(root or cache_dir("data") / "wds").resolve() / _cache_key(shards, f"{caption_field}|{require_caption}")
     manifest = folder / "manifest.json"
     name = Path(_strip(spec).rstrip("/")).stem.split("{")[0].strip("._-") or "wds"
     if manifest.is_file():
@@ -210,22 +216,30 @@ def load_wds(spec: str, caption_field: str = "txt", root: str | Path | None = No
             paths = [folder / p for p, _ in m["samples"]]
             if all(p.is_file() for p in paths):
                 report = SkipReport([tuple(x) for x in m["skipped"]])
-                return CaptionDataset(name, paths, [[c] for _, c in m["samples"]], skipped=report)
+                return CaptionDataset(name, paths, [[c] if c else [] for _, c in m["samples"]], skipped=report)
         except (ValueError, KeyError, TypeError):
             pass                                   # a damaged manifest: rebuild
     report = SkipReport()
-    samples: list[tuple[str, str]] = []
-    for i, s in enumerate(iter_samples(shards, report, caption_field)):
-        rel = f"{Path(s.shard).stem}/{i:08d}.png"  # keys are not trusted as file names ('../x', '/etc/...')
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for s in iter_samples(shards, report, caption_field, require_caption):
+        stem = Path(s.shard).stem
+        if (s.shard, s.key) in found:
+            report.add(f"{Path(s.shard).name}:{s.key}", "key repeated in the shard (first sample kept)")
+            continue
+        # keys are not trusted as file names ('../x', '/etc/...'): the file is named by a hash of the key
+        rel = f"{stem}/{hashlib.sha1(s.key.encode()).hexdigest()[:20]}.png"
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         _save_image(s.image, folder / rel)
-        samples.append((rel, s.caption))
+        found[(s.shard, s.key)] = (rel, s.caption)
+    # img2dataset writes a shard's samples in the order their downloads finish; sorted by key, the dataset (and
+    # so its fold split) is the same whichever order the tar holds
+    samples = [found[k] for k in sorted(found, key=lambda k: (shards.index(k[0]), k[1]))]
     folder.mkdir(parents=True, exist_ok=True)
     tmp = manifest.with_name(".manifest.json.part")
     tmp.write_text(json.dumps({"spec": spec, "caption_field": caption_field, "shards": shards, "samples": samples,
                                "skipped": report.items}, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, manifest)
-    return CaptionDataset(name, [folder / p for p, _ in samples], [[c] for _, c in samples], skipped=report)
+    return CaptionDataset(name, [folder / p for p, _ in samples], [[c] if c else [] for _, c in samples], skipped=report)
 
 
 __all__ = ["WdsSample", "list_shards", "iter_samples", "caption_of", "skips_per_shard", "load_wds", "IMAGE_EXTS"]

