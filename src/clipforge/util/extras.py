@@ -22,6 +22,7 @@ EXTRAS = {
     "tensorboard": ("tensorboard",),
     "scale": ("webdataset", "braceexpand", "img2dataset", "pyarrow"),
     "augment": ("kornia", "kornia-rs"),
+    "wordnet": ("nltk",),
 }
 
 
