@@ -1,14 +1,22 @@
 """``clipforge report DIR``: benchmark JSONs and run logs -> ONE self-contained HTML page.
 
-Every figure is a matplotlib PNG embedded as base64 and every thumbnail is embedded too, so the page
-works offline, mailed or copied alone. The page renders whatever is present and skips what is absent.
+The page tells the story first: one summary figure per suite (``report_summary``: every method's headline
+number with its spread over splits, the clipforge default highlighted, the supervised ceiling as a line), suites
+in the order a reader asks (zero-shot, transfer, retrieval, bilingual, MNIST, then speed and size), and every
+per-split detail (protocol, split tables, confusion matrices, examples) folded under ``<details>``.
+
+Every figure is embedded (summary figures as inline SVG, the others as base64 PNG), and so is every thumbnail,
+so the page works offline, mailed or copied alone. The page renders whatever is present and skips what is
+absent; a file it cannot use is named on the page with the reason, never a crash.
 
 What it reads under DIR (recursively):
 
 * benchmark JSONs: any ``*.json`` holding ``{"suite", "results": [{"method", "metrics", ...}], ...}``
   (CLIP_benchmark-like; also ``dataset``, ``task``, ``model``, ``protocol``, ``wall_seconds``, ``env``).
-  Each suite gets a leaderboard (one row per method, one column per scalar metric, ``± std`` where a
-  ``std`` dict is given, the best value per column in bold) and then each method's figures;
+  Each suite gets a summary card at the top (``report_summary``), then a section with its leaderboard (one row
+  per method, one column per scalar metric, ``± std`` where a ``std`` dict is given, the best value per column
+  in bold) in view and, folded, its protocol, its headline metric split by split and each method's figures.
+  A suite file with one top-level ``metrics`` dict (install size, mutation score) counts as a one-row suite;
 * run folders: a ``results.json`` with ``metrics`` (``clipforge align``) and/or TensorBoard event files
   (``tb/``): metrics table, training curves of the logged scalars, the last similarity heatmap image.
 
@@ -38,47 +46,12 @@ from pathlib import Path
 
 from clipforge.errors import ClipforgeError
 from clipforge.evaluate import report_figures as rf
+from clipforge.evaluate import report_summary as rs
+from clipforge.evaluate.report_discover import discover, is_benchmark, scan  # noqa: F401  (this module's face)
+from clipforge.evaluate.report_summary import setting_of
 
 LOWER_IS_BETTER = ("seconds", "loss", "latency", "_ms", "median_rank", "mean_rank", "bytes", "memory", "error")
 THUMB = 64
-MAX_JSON_BYTES = 64 * 1024 * 1024
-
-
-# -- discovery ---------------------------------------------------------------------------------------
-
-def _read_json(path: Path):
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def is_benchmark(data) -> bool:
-    return (isinstance(data, dict) and isinstance(data.get("results"), list)
-            and all(isinstance(r, dict) and "method" in r for r in data["results"]))
-
-
-def discover(directory: Path) -> tuple[list[tuple[Path, dict]], list[dict]]:
-    """(benchmark JSONs, runs). A run is ``{"dir", "results" (dict or None), "tb": [event dirs]}``."""
-    benches, run_results, tb_dirs = [], {}, set()
-    for path in sorted(directory.rglob("*.json")):
-        data = _read_json(path)
-        if is_benchmark(data):
-            benches.append((path, data))
-        elif path.name == "results.json" and isinstance(data, dict) and isinstance(data.get("metrics"), dict):
-            run_results[path.parent] = data
-    for ev in directory.rglob("events.out.tfevents.*"):
-        tb_dirs.add(ev.parent)
-    runs: dict[Path, dict] = {d: {"dir": d, "results": r, "tb": []} for d, r in run_results.items()}
-    for tb in sorted(tb_dirs):
-        owner = next((a for a in [tb, *tb.parents] if a in runs), None)
-        if owner is None:
-            owner = tb.parent if tb.name == "tb" else tb
-            runs.setdefault(owner, {"dir": owner, "results": None, "tb": []})
-        runs[owner]["tb"].append(tb)
-    return benches, [runs[k] for k in sorted(runs)]
 
 
 # -- small HTML helpers ----------------------------------------------------------------------------
@@ -128,11 +101,6 @@ def thumbnail(path: str | None, base: Path, label: str = "") -> str:
 
 
 # -- sections -----------------------------------------------------------------------------------------
-
-def setting_of(r: dict) -> str:
-    """A result's setting ("inductive" unless the row or its first split says otherwise: transductive, supervised)."""
-    return r.get("setting") or (r.get("per_split") or [{}])[0].get("setting", "inductive")
-
 
 def leaderboard(results: list[dict]) -> str:
     """Methods side by side. Best values are marked among the inductive rows only; transductive and supervised
@@ -244,15 +212,34 @@ def meta_table(data: dict, skip=("results", "env", "protocol")) -> str:
     return f'<table class="meta">{body}</table>'
 
 
-def suite_section(path: Path, data: dict, anchor: str) -> str:
+REPORT_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError)  # what an odd JSON value can raise
+
+
+def fold(summary: str, body: str) -> str:
+    """A closed ``<details>``: per-split detail is one click away, never in the way of the story."""
+    return f'<details><summary>{summary}</summary><div class="fold">{body}</div></details>' if body else ""
+
+
+def suite_section(path: Path, data: dict, anchor: str, skipped=None) -> str:
+    """The suite's leaderboard in view; its protocol, per-split table and each method's figures folded."""
     title = data.get("suite") or path.stem
     results = data["results"]
     parts = [f'<section id="{anchor}"><h2>{esc(title)} <small>{esc(path.name)}</small></h2>',
-             meta_table(data), "<h3>leaderboard</h3>", leaderboard(results) if results else "<p>no results</p>"]
+             leaderboard(results) if results else "<p>no results</p>",
+             fold("protocol and environment", meta_table(data))]
+    h = rs.headline_for(str(title), results)
+    if h:
+        parts.append(fold(f"{esc(h.metric)} split by split", rs.split_table(results, h.metric)))
     for r in results:
-        figs = result_figures(r, path.parent)
+        try:
+            figs = result_figures(r, path.parent)
+        except REPORT_ERRORS as e:  # one malformed figure key must not cost the suite its page
+            if skipped is not None:
+                skipped.add(f"{path} ({r['method']})", f"figures left out: {type(e).__name__}: {e}")
+            continue
         if figs:
-            parts.append(f'<h3>{esc(r["method"])}</h3>{figs}')
+            n = figs.count("<figure") + figs.count('class="example"')
+            parts.append(fold(f'{esc(r["method"])} <small>{n} figure(s)</small>', figs))
     parts.append("</section>")
     return "".join(parts)
 
@@ -301,8 +288,16 @@ def run_section(run: dict, root: Path, anchor: str) -> str:
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
-header{background:#1f2d3d;color:#fff;padding:14px 28px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;color:#c8d3df;font-size:13px}main{padding:8px 28px 40px}
+header{background:#1f2d3d;color:#fff;padding:8px 28px;display:flex;align-items:baseline;gap:18px}
+header h1{margin:0;font-size:20px}header p{margin:0;color:#c8d3df;font-size:12px}main{padding:4px 28px 40px}
+section.summary{padding:6px 14px;margin:8px 0}.summary h2{margin:4px 0;font-size:18px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:8px 14px;align-items:start}
+.card{border:1px solid #eee;border-radius:6px;padding:4px 8px}.card h3{margin:2px 0;font-size:14px}
+.card h3 small{color:#888;font-weight:normal;font-size:11px}.card a{color:inherit;text-decoration:none}
+svg.summary-fig{width:100%;height:auto;display:block}.takeaway{font-size:12px;margin:2px 0 4px;color:#333}
+.skipped{font-size:12px;color:#8a4b00;margin:8px 0}.skipped ul{margin:2px 0}
+details{margin:6px 0}summary{cursor:pointer;font-weight:600;font-size:14px;color:#1f4e79}
+summary small{color:#888;font-weight:normal}.fold{padding:4px 0 4px 14px}
 nav{font-size:13px;margin:10px 0}nav a{margin-right:14px}
 section{background:#fff;border:1px solid #e3e3e3;border-radius:8px;padding:10px 18px;margin:16px 0}
 h2 small{color:#888;font-weight:normal;font-size:13px}h3{margin:16px 0 6px}
@@ -321,24 +316,47 @@ figure.small img{max-width:300px}figure.wide img{max-width:1000px}figcaption{fon
 """
 
 
+def summary_section(cards: list[str], skipped) -> str:
+    notes = "".join(f"<li><code>{esc(i)}</code>: {esc(r)}</li>" for i, r in skipped.items)
+    return ('<section id="summary" class="summary"><h2>Summary <small>per suite: each method\'s headline number '
+            '&plusmn; spread over splits (dots: single splits); the clipforge default in orange; ceiling dashed'
+            '</small></h2>'
+            f'<div class="cards">{"".join(cards)}</div>'
+            + (f'<div class="skipped"><b>left out</b> ({len(skipped)}):<ul>{notes}</ul></div>' if notes else "")
+            + "</section>")
+
+
 def render(directory: str | Path, title: str = "clipforge report") -> str:
     root = Path(directory)
     if not root.is_dir():
         raise ClipforgeError(f"report: '{root}' is not a folder")
-    benches, runs = discover(root)
+    benches, runs, skipped = scan(root)
     if not benches and not runs:
         raise ClipforgeError(f"report: no benchmark JSON (with 'results') and no run logs under '{root}'")
-    sections, nav = [], []
+    benches.sort(key=lambda b: rs.suite_order(str(b[1].get("suite") or b[0].stem)) + (str(b[0]),))
+    cards, sections, nav = [], [], []
     for i, (path, data) in enumerate(benches):
-        sections.append(suite_section(path, data, f"suite-{i}"))
-        nav.append(f'<a href="#suite-{i}">{esc(data.get("suite") or path.stem)}</a>')
+        name = str(data.get("suite") or path.stem)
+        try:
+            card = rs.summary_card(name, f"suite-{i}", data["results"])
+            section = suite_section(path, data, f"suite-{i}", skipped)
+        except REPORT_ERRORS as e:
+            skipped.add(path, f"suite left out: {type(e).__name__}: {e}")
+            continue
+        if card is None:
+            skipped.add(path, "no summary figure: no row has a number to plot")
+        else:
+            cards.append(card)
+        sections.append(section)
+        nav.append(f'<a href="#suite-{i}">{esc(name)}</a>')
     for i, run in enumerate(runs):
         sections.append(run_section(run, root, f"run-{i}"))
         nav.append(f'<a href="#run-{i}">run {esc(run["dir"].name)}</a>')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
             f'<header><h1>{esc(title)}</h1><p>{len(benches)} benchmark file(s), {len(runs)} run(s) from '
-            f'{esc(root.resolve())}</p></header><main><nav>{"".join(nav)}</nav>{"".join(sections)}</main></body></html>')
+            f'{esc(root.resolve())}</p></header><main>{summary_section(cards, skipped)}'
+            f'<nav>details by suite: {"".join(nav)}</nav>{"".join(sections)}</main></body></html>')
 
 
 def build_report(directory: str | Path, out: str | Path | None = None, title: str = "clipforge report") -> Path:

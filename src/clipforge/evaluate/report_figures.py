@@ -149,3 +149,82 @@ def scalars_figure(series: dict[str, list[tuple[int, float]]], title: str = ""):
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def summary_figure(bars: list[dict], metric: str, title: str = "", ceiling: tuple[str, float] | None = None,
+                   lower_is_better: bool = False):
+    """One suite at a glance: each method's headline value as a horizontal bar, the spread over splits or folds
+    as an error bar (``std``) with the single splits as dots, the clipforge default (the first bar) in a colour of
+    its own, rows that used more than the inductive setting hatched, and the supervised ceiling as a dashed line.
+
+    ``bars``: ``[{"label", "value", "std" (or None), "points": [float], "default": bool, "other": bool,
+    "note": str (optional, e.g. the recall that a latency bought)}]``.
+    Horizontal bars keep long method names readable; a metric that spans more than 50x (latencies) gets a log axis.
+    """
+    plt = _plt()
+    n = len(bars)
+    vals = np.array([b["value"] for b in bars], dtype=float)
+    fig, ax = plt.subplots(figsize=(4.6, min(5.2, 0.24 * n + 0.95)))
+    colors = ["#e4572e" if b["default"] else "#5b7fa6" for b in bars]
+    ax.barh(range(n), vals, color=colors, edgecolor="#333", linewidth=0.4, height=0.7)
+    for i, b in enumerate(bars):
+        if b.get("other"):
+            ax.barh(i, vals[i], color="none", edgecolor="#fff", hatch="///", linewidth=0, height=0.7)
+        if b.get("std"):
+            ax.errorbar(vals[i], i, xerr=b["std"], fmt="none", ecolor="#222", elinewidth=0.9, capsize=2.5)
+        pts = [p for p in b.get("points") or [] if np.isfinite(p)]
+        if len(pts) > 1:
+            ax.plot(pts, [i] * len(pts), "o", ms=2.2, color="#111", alpha=0.55)
+    everything = [*vals, *(p for b in bars for p in b.get("points") or []),
+                  *([ceiling[1]] if ceiling else []), *(v + (b.get("std") or 0) for v, b in zip(vals, bars))]
+    pos = [v for v in everything if np.isfinite(v) and v > 0]
+    log = len(pos) == len(everything) and min(pos) > 0 and max(pos) / min(pos) > 50
+    if log:
+        ax.set_xscale("log")
+    else:
+        room = 1.45 if any(b.get("note") for b in bars) else 1.22  # space for the numbers right of the bars
+        ax.set_xlim(min(0.0, *everything), max(everything) * room if max(everything) > 0 else 1.0)
+    if ceiling:
+        ax.axvline(ceiling[1], color="#2e7d32", ls="--", lw=1.2)
+        ax.text(ceiling[1], -0.75, f" {ceiling[0]} {ceiling[1]:.3g}", color="#2e7d32", fontsize=7, va="bottom",
+                ha="right" if not log and ceiling[1] > 0.7 * ax.get_xlim()[1] else "left")
+    for i, b in enumerate(bars):  # the number just right of the bar, its error bar and its dots
+        txt = f"{b['value']:.3g}" + (f" ± {b['std']:.2g}" if b.get("std") else "") + (
+            f"  ({b['note']})" if b.get("note") else "")
+        x = max([vals[i] + (b.get("std") or 0), *[p for p in b.get("points") or [] if np.isfinite(p)]])
+        ax.text(x, i, "  " + txt, va="center", fontsize=7, color="#111",
+                fontweight="bold" if b["default"] else "normal")
+    ax.set_yticks(range(n), [str(b["label"])[:34] for b in bars], fontsize=7.5)
+    for lab, b in zip(ax.get_yticklabels(), bars):
+        if b["default"]:
+            lab.set_fontweight("bold")
+            lab.set_color("#b23a17")
+    ax.set_ylim(n - 0.45, -1.0 if ceiling else -0.6)
+    ax.set_xlabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def svg_inline(fig, prefix: str) -> str:
+    """The figure as an ``<svg>`` element to paste into HTML (text stays text, so it is searchable and sharp).
+
+    The XML prolog, DOCTYPE and metadata are dropped (they carry URLs, and the page must name no address), the
+    namespace declarations too (the HTML parser puts ``<svg>`` in its namespace by itself), and every id gets
+    ``prefix`` so that several figures on one page never share an id.
+    """
+    import re
+    plt = _plt()
+    buf = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": prefix}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    text = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text)
+    return re.sub(r'(\bid="|href="#|url\(#)([^")]+)', lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", text)
