@@ -8,7 +8,8 @@ unseen ones.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -26,9 +27,12 @@ PACKAGED = {"fashion-mnist": "fashion_mnist_descriptions.yaml"}
 
 @dataclass
 class ClassDescriptions:
-    """``sentences[c]`` is the list of descriptions of class ``c`` (same order as ``class_names``)."""
+    """``sentences[c]`` is the list of descriptions of class ``c`` (same order as ``class_names``).
+
+    ``fallback``: the classes that asked for WordNet descriptions but got templates (WordNet lacks them)."""
     class_names: list[str]
     sentences: list[list[str]]
+    fallback: list[str] = field(default_factory=list)
 
     def vocabulary(self, classes: list[int] | None = None) -> list[str]:
         """The distinct sentences of the given classes, in a stable order."""
@@ -59,6 +63,19 @@ def from_templates(class_names: list[str], templates: list[str] | None = None) -
     if templates is not None:
         templates = check_templates(templates)
     return ClassDescriptions(list(class_names), [prompts(n, templates) for n in class_names])
+
+
+def from_wordnet(class_names: list[str]) -> ClassDescriptions:
+    """WordNet sentences (data/wordnet.py); a class WordNet lacks gets the templates, and is listed in
+    ``fallback`` and in a warning, so a run says which classes were described by their name only."""
+    from clipforge.data.wordnet import describe
+    found = describe(list(class_names))
+    fallback = [n for n, s in zip(class_names, found) if s is None]
+    if fallback:
+        warnings.warn(f"WordNet has no noun sense for classes {fallback}: they get the name templates instead",
+                      stacklevel=2)
+    return ClassDescriptions(list(class_names), [s if s is not None else prompts(n) for n, s in zip(class_names, found)],
+                             fallback)
 
 
 def _parse_file(path: Path, class_names: list[str]) -> list[list[str]]:
@@ -104,18 +121,29 @@ def _parse_file(path: Path, class_names: list[str]) -> list[list[str]]:
 
 
 def load_descriptions(class_names: list[str], spec: str = "auto", dataset: str | None = None) -> ClassDescriptions:
-    """Build descriptions from ``spec``: 'names', 'templates', 'auto' or a path (.yaml/.json/.txt)."""
+    """Build descriptions from ``spec``: 'names', 'templates', 'wordnet', 'auto' or a path (.yaml/.json/.txt).
+
+    'auto' is the packaged file of ``dataset`` where there is one, else WordNet; where WordNet is not installed,
+    the templates, with a warning naming what to install."""
     if spec == "auto":
         fname = PACKAGED.get(dataset or "")
         if fname is None:
+            from clipforge.data.wordnet import APT_PACKAGES, available
+            if available():
+                return from_wordnet(class_names)
+            warnings.warn("data.descriptions=auto: WordNet is not installed, so classes get the name templates; "
+                          f"for WordNet descriptions: apt-get install {' '.join(APT_PACKAGES)} and "
+                          "pip install 'clipforge[wordnet]'", stacklevel=2)
             return from_templates(class_names)
         spec = str(resources.files("clipforge.data").joinpath(fname))
+    if spec == "wordnet":
+        return from_wordnet(class_names)
     if spec == "names":
         return ClassDescriptions(class_names, [[n] for n in class_names])
     if spec == "templates":
         return from_templates(class_names)
     path = Path(spec)
     if not path.is_file():
-        raise ConfigError(f"config field 'data.descriptions': '{spec}' is neither 'names', 'templates', 'auto' "
-                          "nor an existing file")
+        raise ConfigError(f"config field 'data.descriptions': '{spec}' is neither 'names', 'templates', 'wordnet', "
+                          "'auto' nor an existing file")
     return ClassDescriptions(class_names, _parse_file(path, class_names))
