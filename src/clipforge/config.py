@@ -45,7 +45,7 @@ class DataConfig(Strict):
     split_seed: int = Field(0, ge=0, description="seed of the seen/unseen split (docs/benchmarks.md)")
     n_unseen: int = Field(3, ge=1)
     unseen: list[str] | None = Field(None, description="explicit unseen class names (overrides split_seed)")
-    descriptions: str = Field("auto", description="'names', 'templates', 'auto' (packaged file when one exists), or a file path")
+    descriptions: str = Field("auto", description="'names', 'templates', 'wordnet', 'auto' (packaged file when one exists, else WordNet), or a file path")
     seed: int = 0
 
 
