@@ -13,4 +13,5 @@ from clipforge.cli import mnist_report  # noqa: E402,F401  (bench mnist, report)
 from clipforge.cli import use  # noqa: E402,F401  (index, serve, similarity, download)
 from clipforge.cli import bilingual  # noqa: E402,F401  (distill, zeroshot, export, bench tux-retrieval-zh, fashion-zsl-zh)
 from clipforge.cli import perf  # noqa: E402,F401  (bench embed, bench train-cache)
-
+from clipforge.cli import embed  # noqa: E402,F401  (embed, bench scale)
+from clipforge.cli import heldout  # noqa: E402,F401  (bench fashion-zsl-fresh, bench transfer)
