@@ -88,6 +88,8 @@ TUX_ZH_ALL = ["clipforge", "use-m3-mixed", "altclip-distill", "minilm-english", 
               "conse", "procrustes", "least-squares", "asif", "csa"]
 MNIST_ALL = ["clipforge", "scratch-cnn+frozen-minilm", "pretrained-clipforge", "seed-pair-siamese", "seed-contrastive",
              "conse", "procrustes", "least-squares", "asif", "linear-probe"]
+# bench transfer: the default caption model and every closed-form baseline (benchmarks/transfer.py).
+TRANSFER_ALL = ["clipforge", "conse", "procrustes", "least-squares", "asif", "csa"]
 
 
 def run_all(out: str | Path) -> list[Path]:

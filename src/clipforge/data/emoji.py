@@ -71,3 +71,11 @@ def load_emoji(root: str | Path | None = None, images_tgz: Path | None = None, z
         label = zh.get(_key(e.get("unified", "")))
         zh_caps.append([label] if label else [])
     return CaptionDataset("emoji", paths, captions, {"zh": zh_caps}, report)
+
+
+def emoji_groups(root: str | Path | None = None, images_tgz: Path | None = None) -> dict[str, tuple[str, str]]:
+    """Image file name -> (Unicode category, subcategory) as emoji.json gives them ("Smileys & Emotion",
+    "face-smiling"): class labels for the images of ``load_emoji`` (the transfer benchmark classifies them)."""
+    root = Path(root) if root else data_dir() / "emoji-google-64"
+    entries = _unpack(images_tgz or fetch(IMAGES, what="emoji images"), root)
+    return {e["image"]: (e.get("category") or "", e.get("subcategory") or "") for e in entries if e.get("image")}

@@ -57,3 +57,15 @@ def load_tux_paint(root: str | Path | None = None) -> CaptionDataset:
         captions.append([english])
         zh.append([tr[LANGS["zh"]]] if tr.get(LANGS["zh"]) else [])
     return CaptionDataset("tux-paint", paths, captions, {"zh": zh}, report)
+
+
+# Folder names that are not words; every other category is named by its folder.
+CATEGORY_NAMES = {"naturalforces": "natural forces"}
+
+
+def stamp_category(path: str | Path, root: str | Path | None = None) -> str:
+    """The stamp category of an image: its first folder under the stamps root ("animals", "vehicles", ...),
+    in words (``CATEGORY_NAMES``). Class labels for the transfer benchmark."""
+    rel = Path(path).resolve().relative_to(Path(root or STAMPS_DIR).resolve())
+    folder = rel.parts[0] if len(rel.parts) > 1 else ""
+    return CATEGORY_NAMES.get(folder, folder)
