@@ -15,4 +15,3 @@ from clipforge.cli import bilingual  # noqa: E402,F401  (distill, zeroshot, expo
 from clipforge.cli import perf  # noqa: E402,F401  (bench embed, bench train-cache)
 from clipforge.cli import embed  # noqa: E402,F401  (embed, bench scale)
 from clipforge.cli import heldout  # noqa: E402,F401  (bench fashion-zsl-fresh, bench transfer)
-from clipforge.cli import heldout  # noqa: E402,F401  (bench fashion-zsl-fresh, bench transfer)
