@@ -105,7 +105,9 @@ def test_odd_names_never_crash(wn):
     got = wnmod.describe(odd, wn)
     assert len(got) == len(odd)
     assert got[0] is None and got[1] is None
-    assert "a kind of feline." in got[5]
+    assert "a kind of feline." in got[5]                   # odd neighbours do not pull 'cat' to another sense
+    crane = wnmod.describe(["crane", "heron", "stork"], wn)[0]
+    assert "a kind of wading bird." in crane and not any("writer" in s for s in crane)   # not Stephen Crane
 
 
 def test_auto_without_a_packaged_file_uses_wordnet_or_says_why_not(monkeypatch):

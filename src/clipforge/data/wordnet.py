@@ -8,10 +8,11 @@ ones, the way the hand-written fashion_mnist_descriptions.yaml does.
 
 Sense choice is where a dictionary goes wrong for images ("sign" -> a clue, "top" -> the upper part of
 anything), so a sense is picked in three steps:
-  1. noun senses only, in tiers: those whose hypernym chain reaches a visible thing (artifact, organism, natural
-     object, food, body part), then any physical entity, then the rest; the best non-empty tier is kept;
-  2. within it, coherence with the other classes of the list: the sense most similar (Wu-Palmer) to the other
-     classes' candidate senses wins ("top" among garments -> the garment), WordNet's own order breaking ties;
+  1. noun senses only, in tiers: those whose hypernym chain reaches a visible kind of thing (artifact, organism,
+     natural object, food, body part; not a named instance such as a writer), then any physical entity, then the
+     rest; the best non-empty tier is kept;
+  2. within it, coherence with the other classes of the list: WordNet's first sense, unless another is closer
+     (Wu-Palmer) to its nearest other classes by a clear margin ("top" among garments -> the garment);
   3. a name WordNet lacks tries its parts ("T-shirt/top" -> T-shirt, top) and a multiword name its head noun
      ("ankle boot" -> boot: "a kind of boot."). A name with no sense at all gets None; the caller gives it
      templates and reports it.
@@ -58,6 +59,8 @@ ABSTRACT = {"instrumentality.n.03", "commodity.n.01", "consumer_goods.n.01", "li
             "physical_entity.n.01", "entity.n.01", "abstraction.n.06", "thing.n.12", "unit.n.05"}
 MAX_ANCESTORS = 8
 MAX_SYNONYMS = 2
+COHERENCE_K = 3           # a sense is judged by its 3 nearest other classes: a list may mix domains
+COHERENCE_MARGIN = 0.1    # the Wu-Palmer gain a later sense needs over WordNet's first one
 _PAREN = re.compile(r"\s*\([^()]*\)")
 
 
@@ -130,7 +133,7 @@ def available() -> bool:
 
 def _tier(synset) -> int:
     chain = {h.name() for h in synset.closure(lambda s: s.hypernyms() + s.instance_hypernyms())} | {synset.name()}
-    if chain & set(VISIBLE_ROOTS):
+    if chain & set(VISIBLE_ROOTS) and not synset.instance_hypernyms():   # an instance is a name (Stephen Crane)
         return 0
     return 1 if "physical_entity.n.01" in chain else 2
 
@@ -160,18 +163,25 @@ def candidates(wn, name: str) -> list[tuple[str, bool, list]]:
 
 
 def choose_senses(wn, class_names: list[str]) -> list[list[tuple[str, bool, object]]]:
-    """One sense per known part of every class, chosen by coherence with the rest of the list."""
+    """One sense per known part of every class: the sense closest to its ``COHERENCE_K`` nearest other classes
+    (each class counts once, by its nearest candidate sense, so neither one odd name nor a list that mixes
+    domains decides), and WordNet's first sense unless another beats it by ``COHERENCE_MARGIN``."""
     cands = [candidates(wn, n) for n in class_names]
     chosen = []
     for c, parts in enumerate(cands):
-        others = [s for d, ps in enumerate(cands) if d != c for _, _, ss in ps for s in ss]
+        others = [[s for _, _, ss in ps for s in ss] for d, ps in enumerate(cands) if d != c and ps]
         picked = []
         for part, head, senses in parts:
-            def score(i_s):
-                i, s = i_s
-                sim = max((s.wup_similarity(o) or 0.0 for o in others), default=0.0)
-                return (-round(sim, 6), i)
-            picked.append((part, head, min(enumerate(senses), key=score)[1] if len(senses) > 1 else senses[0]))
+            best = senses[0]
+            if len(senses) > 1 and others:
+                sims = []
+                for s in senses:
+                    near = sorted((max((s.wup_similarity(o) or 0.0) for o in other) for other in others), reverse=True)
+                    sims.append(sum(near[:COHERENCE_K]) / len(near[:COHERENCE_K]))
+                i = max(range(len(senses)), key=lambda k: (round(sims[k], 6), -k))
+                if sims[i] - sims[0] > COHERENCE_MARGIN:
+                    best = senses[i]
+            picked.append((part, head, best))
         chosen.append(picked)
     return chosen
 
