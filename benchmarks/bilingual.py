@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipforge.pipelines import captions as caption
+from clipforge.pipelines import caption_data, captions as caption
 from clipforge.embed.cache import EmbeddingCache, embed_texts
 from clipforge.config import CaptionRunConfig, build_config
 from clipforge.data.captions import folds, load_caption_source
@@ -80,10 +80,10 @@ class TuxData:
 
     def __init__(self, image_tower, cache: EmbeddingCache, source: str = "tux-paint", size: int = 224):
         self.image_tower, self.cache = image_tower, cache
-        self.full, self.images = caption._images_of(load_caption_source(source), image_tower, True, cache, size, False)
+        self.full, self.images = caption_data.images_of(load_caption_source(source), image_tower, True, cache, size, False)
 
     def side(self, idx: np.ndarray, lang: str, text_tower) -> caption.Side:
-        s = caption._side(self.full, self.images, idx, lang)
+        s = caption_data.side_of(self.full, self.images, idx, lang)
         s.text_feats = embed_texts(text_tower, s.texts, self.cache)
         return s
 
@@ -306,7 +306,7 @@ def run_fashion_zsl_zh(out: str | Path, methods: list[str], overrides: list[str]
               "languages": ["en", "zh"], "model": f"{cfg.towers.image} + <text tower per method>",
               "protocol": {"splits": list(splits), "unseen": "sorted(random.Random(seed).sample(range(10), 3))",
                            "train_per_class": cfg.data.train_per_class, "test_per_class": cfg.data.test_per_class,
-                           "image_size": image_tower.preprocess_key().get("size") if image_tower else cfg.towers.image_size,
+                           "image_size": image_tower.input_size if image_tower else cfg.towers.image_size,
                            "training": "seen classes of the train set only, packaged English descriptions",
                            "test": "class names x the template set of the language (DEFAULT_TEMPLATES / ZH_TEMPLATES), "
                                    "averaged and re-normalised per class; unseen_top1: N-way among the 3 unseen; "

@@ -106,7 +106,7 @@ def run_fashion_zsl(out: str | Path, methods: list[str], overrides: list[str] = 
               "model": f"{cfg.towers.image} + {cfg.towers.text}",
               "protocol": {"splits": list(splits), "unseen": "sorted(random.Random(seed).sample(range(10), 3))",
                            "train_per_class": cfg.data.train_per_class, "test_per_class": cfg.data.test_per_class,
-                           "image_size": towers[0].preprocess_key().get("size") if towers else cfg.towers.image_size,
+                           "image_size": towers[0].input_size if towers else cfg.towers.image_size,
                            "training": "seen classes of the train set only; GZSL gamma from pseudo-unseen splits of the seen classes (H curves averaged)"},
               "results": rows, "wall_seconds": round(time.time() - t0, 1), "env": environment()}
     path = out / "fashion-zsl.json"

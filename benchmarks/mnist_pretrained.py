@@ -46,7 +46,7 @@ def prepare_digits(split, templates: list[str], cache_dir: str) -> align.Prepare
     return align.Prepared(list(split.class_names), classes, [], _embed(image, split.train_x, cache, "mnist-train"),
                           split.train_y, _embed(image, split.test_x, cache, "mnist-test"), split.test_y, desc, vocab,
                           embed_texts(text, vocab, cache), image, text, SkipReport(),
-                          {"image_size": image.preprocess_key()["size"], "invert": True})
+                          {"image_size": image.input_size, "invert": True})
 
 
 def run_pretrained(row: str, p: align.Prepared, cache_dir: str) -> dict:

@@ -96,8 +96,7 @@ class EmbeddingCache:
 
 def _resize_target(tower: Tower) -> int | None:
     """The square size the tower's ImagePreprocess resizes to, so decoding threads can resize too (same PIL call)."""
-    pre = getattr(tower, "pre", None)
-    return pre.size if isinstance(pre, ImagePreprocess) else None
+    return tower.pre.size if isinstance(tower.pre, ImagePreprocess) else None
 
 
 def _decoder(size: int | None):

@@ -226,7 +226,7 @@ def export_onnx(tower: nn.Module, example: torch.Tensor, path: Path) -> Path:
 
 def example_input(tower, n: int = 2) -> torch.Tensor | None:
     """A batch shaped like the tower's prepared input (None when ``prepare`` does not give one tensor)."""
-    size = getattr(getattr(tower, "pre", None), "size", None) or 224
+    size = tower.input_size or 224
     try:
         x = tower.prepare([Image.new("RGB", (size, size), (128, 128, 128))] * n)
     except Exception:  # noqa: BLE001 - a tower that cannot prepare a grey image has no fast path
@@ -308,7 +308,7 @@ def requested_backend(backend: str | None = None) -> str:
 def fast_encoder(tower, backend: str | None = None, threads: int | None = None) -> FastImageEncoder | None:
     """The fastest working backend for ``tower`` here (``None``: use the plain path). Memoised per tower+weights."""
     name = requested_backend(backend)
-    if name == "off" or getattr(tower, "modality", "image") != "image":
+    if name == "off" or tower.modality != "image":
         return None
     example = example_input(tower)
     if example is None:

@@ -149,7 +149,7 @@ class _TextGraph(nn.Module):
         if self.names is None:
             feats = tensors[0]
             tower = self.m.text_tower
-            if hasattr(tower, "project"):  # a distilled student: base features in, projection in the graph
+            if tower.is_student:  # a distilled student: base features in, projection in the graph
                 feats = tower.project(feats)
         else:
             feats = self.m.text_tower(dict(zip(self.names, tensors)))
@@ -179,9 +179,9 @@ def _text_inputs(model) -> tuple[list[str] | None, dict]:
         enc = tower.prepare(examples)
         names = [k for k in TEXT_INPUTS if k in enc]
         return names, {k: enc[k] for k in names}
-    if getattr(tower, "weights_from_id", True) is False and not hasattr(tower, "project"):
+    if not tower.weights_from_id and not tower.is_student:
         raise ClipforgeError(f"ONNX export of the from-scratch text tower {tower.tower_id} is not supported")
-    feats = tower.base_features(examples) if hasattr(tower, "project") else torch.from_numpy(tower.encode(examples))
+    feats = tower.base_features(examples) if tower.is_student else torch.from_numpy(tower.encode(examples))
     return None, {"text_features": feats.float()}
 
 
@@ -193,8 +193,8 @@ def to_onnx(model, out_dir: str | Path, verify: bool = True) -> dict:
     manifest: dict = {"format": "clipforge-onnx/1", "image_tower": model.image_tower.tower_id,
                       "text_tower": model.text_tower.tower_id, "opset": 17, "max_abs_diff": {}}
     # image side: pre-processed pixels in (preprocess.json says how), embedding out
-    pre = getattr(model.image_tower, "pre", None)
-    size = getattr(pre, "size", 224)
+    pre = model.image_tower.pre
+    size = model.image_tower.input_size or 224
     torch.manual_seed(0)
     pixels = torch.randn(2, 3, size, size)
     _export(_ImageGraph(model), (pixels,), out / "image.onnx", ["pixel_values"], "image_embedding",
@@ -210,7 +210,7 @@ def to_onnx(model, out_dir: str | Path, verify: bool = True) -> dict:
     if names is None:
         _export(_TextGraph(model, None), (example["text_features"],), out / "text.onnx", ["text_features"],
                 "text_embedding", {"text_features": {0: "batch"}})
-        base = getattr(model.text_tower, "base", model.text_tower)
+        base = model.text_tower.base if model.text_tower.is_student else model.text_tower
         manifest["text"] = {"file": "text.onnx", "inputs": {"text_features": ["batch", int(example["text_features"].shape[1])]},
                             "output": "text_embedding",
                             "note": f"the text tower {base.tower_id} is a numpy/C encoder outside the graph: "
@@ -218,12 +218,12 @@ def to_onnx(model, out_dir: str | Path, verify: bool = True) -> dict:
     else:
         _export(_TextGraph(model, names), tuple(example[k] for k in names), out / "text.onnx", names,
                 "text_embedding", {k: {0: "batch", 1: "tokens"} for k in names})
-        tok = getattr(model.text_tower, "tokenizer", None) or getattr(model.text_tower.st, "tokenizer", None)
+        tok = model.text_tower.hf_tokenizer
         if tok is not None:
             tok.save_pretrained(str(out / "tokenizer"))
         manifest["text"] = {"file": "text.onnx", "inputs": {k: ["batch", "tokens"] for k in names},
                             "output": "text_embedding", "tokenizer": "tokenizer/",
-                            "max_length": getattr(model.text_tower, "max_length", None)}
+                            "max_length": model.text_tower.max_length}
     if verify:
         with torch.inference_mode():
             ref_img = _ImageGraph(model)(pixels).numpy()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 import torch
 
 from clipforge.model.heads import CosineSimilarity
@@ -35,7 +36,7 @@ def _item(x):
         return x
     if isinstance(x, str):
         return Text(x)
-    if isinstance(x, (Path, bytes, bytearray)) or hasattr(x, "convert"):
+    if isinstance(x, (Path, bytes, bytearray, PILImage.Image)):
         return Image(x)
     raise TypeError(f"cannot compare a {type(x).__name__}: pass a string, a PIL image, a Path or bytes")
 

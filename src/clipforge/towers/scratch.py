@@ -57,6 +57,7 @@ class ScratchCNNTower(Tower):
     """Stages of (3x3 conv + BN + ReLU) x k, 2x2 max-pool between stages, global average pool, linear."""
     modality = "image"
     weights_from_id = False
+    has_augment = True
 
     def __init__(self, preset: str = "cnn-small", image_size: int | None = None, invert: bool | None = None,
                  config: dict | None = None):
@@ -94,7 +95,7 @@ class ScratchCNNTower(Tower):
             x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
         else:
             mode = "L" if c == 1 else "RGB"
-            arrs = [np.asarray(im.convert(mode).resize((s, s)) if hasattr(im, "convert") else im) for im in items]
+            arrs = [im if isinstance(im, np.ndarray) else np.asarray(im.convert(mode).resize((s, s))) for im in items]
             x = torch.from_numpy(np.stack(arrs)).float().div_(255.0)
             x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
         if x.shape[1] != c:
@@ -104,6 +105,10 @@ class ScratchCNNTower(Tower):
         if self.cfg.invert:
             x = 1.0 - x
         return ((x - self.cfg.mean) / self.cfg.std).contiguous()
+
+    @property
+    def input_size(self) -> int:
+        return self.cfg.image_size
 
     def augment(self, x: torch.Tensor, shift: float = 2 / 28, rotate: float = 10.0, scale: float = 0.1,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -170,6 +175,7 @@ class ScratchTextTower(Tower):
     """Word embeddings + learned positions -> pre-norm transformer layers -> masked mean -> linear."""
     modality = "text"
     weights_from_id = False
+    needs_vocab = True
 
     def __init__(self, preset: str = "text-small", config: dict | None = None):
         super().__init__()

@@ -20,6 +20,7 @@ class StudentTextTower(Tower):
     """Frozen base text tower -> trainable projection -> L2 normalisation (the teacher tower's output space)."""
     modality = "text"
     weights_from_id = False  # the projection is learned: always saved with the model
+    is_student = True
 
     def __init__(self, base: Tower, out_dim: int, kind: str = "mlp", hidden: int = 1024, dropout: float = 0.1):
         super().__init__()

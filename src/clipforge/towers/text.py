@@ -38,6 +38,10 @@ class HFTextTower(Tower):
         self.normalize = normalize
         self.dim = int(self.model.config.hidden_size)
 
+    @property
+    def hf_tokenizer(self):
+        return self.tokenizer
+
     def prepare(self, items):
         return dict(self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt"))
@@ -75,6 +79,14 @@ class STTextTower(Tower):
         # sentence-transformers 5.x renamed the method; keep working with the older name too.
         get_dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
         self.dim = int(get_dim())
+
+    @property
+    def hf_tokenizer(self):
+        return self.st.tokenizer
+
+    @property
+    def max_length(self) -> int | None:
+        return self.st.max_seq_length
 
     def prepare(self, items):
         return self.st.tokenize(list(items))
