@@ -19,6 +19,13 @@ METHODS: dict[str, list[str]] = {
     "seed-contrastive": ["loss.kind=batch-clip", "loss.reduction=sum", "head.init_temperature=0.07",
                          "head.learn_temperature=false", "head.init_bias=null", "train.ensemble=1", "train.lr=1e-3",
                          "train.epochs=300", "train.batch_size=256"],
+    # The seed method's own recipe, which frozen-feature training could not run: the image tower's last block
+    # fine-tuned together with the Siamese similarity, the similarity's learning rate below the tower's. Fewer
+    # epochs than seed-pair-siamese: each step runs the tower's last block (pipelines/finetune.py).
+    "seed-finetune-siamese": ["loss.kind=pair", "loss.pair_variant=l1", "head.similarity=siamese",
+                              "head.siamese_shared=true", "train.ensemble=1", "train.lr=1e-3", "train.epochs=30",
+                              "train.batch_size=256", "towers.unlock_image_last_n=1", "train.lr_image_tower=1e-4",
+                              "train.lr_similarity=1e-5"],
 }
 
 

@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.config import HeadConfig, LossConfig
-from clipforge.losses.contrastive import CaptionBatch, ContrastiveObjective, members_clip_loss
+from clipforge.losses.contrastive import CaptionBatch, ContrastiveObjective
+from clipforge.losses.functional import members_clip_loss
 from clipforge.model.heads import HeadEnsemble, Projection, _stackable
 from clipforge.losses.functional import clip_loss, multi_positive_infonce, multilabel_loss, pair_loss, siglip_loss
 from clipforge.model.dual_encoder import DualEncoder
-from clipforge.losses.classes import ClassBatchData, make_step
+from clipforge.losses.classes import ClassBatchData, class_objective
 from clipforge.train.trainer import _finite, adamw
 from objutil import FeatTower
 
@@ -144,7 +145,7 @@ def test_class_objectives_equal_the_per_head_sum(kind):
     model.image_head.fit_normalizer(data.image_feats)
     idx = torch.tensor([5, 0, 3, 1, 7, 2])
     torch.manual_seed(9)
-    got = make_step(model, data, LossConfig(kind=kind))(idx)
+    got = class_objective(model, data, LossConfig(kind=kind))(idx)
     torch.manual_seed(9)
     t = model.embed_text_features(data.text_feats)
     z = model.image_head.members_loop(data.image_feats[idx])
@@ -166,9 +167,10 @@ def test_class_objectives_equal_the_per_head_sum(kind):
 
 
 def test_full_batch_uses_the_features_without_a_copy_and_a_subset_gathers():
-    from clipforge.losses.classes import _images_fn
+    model = DualEncoder(FeatTower(3, "image"), FeatTower(6, "text"), HeadConfig(embed_dim=6), ensemble=2)
     feats = torch.randn(5, 3)
-    images = _images_fn(feats)
+    data = ClassBatchData(feats, torch.tensor([0, 0, 1, 1, 0]), torch.randn(2, 6), torch.eye(2), [0, 1])
+    images = class_objective(model, data, LossConfig()).inputs_of
     assert images(torch.arange(5)) is feats
     assert torch.equal(images(torch.tensor([4, 0, 1, 2, 3])), feats[[4, 0, 1, 2, 3]])
 

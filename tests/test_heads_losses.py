@@ -95,7 +95,7 @@ def test_batch_clip_objective_counts_same_class_captions_as_positives():
     """The seed "Contrastive" on class data: a caption per image from its class; same-class pairs are positives."""
     from clipforge.config import HeadConfig, LossConfig
     from clipforge.model.dual_encoder import DualEncoder
-    from clipforge.losses.classes import ClassBatchData, make_step
+    from clipforge.losses.classes import ClassBatchData, class_objective
     from objutil import FeatTower
     torch.manual_seed(0)
     model = DualEncoder(FeatTower(10, "image"), FeatTower(6, "text"),
@@ -107,7 +107,7 @@ def test_batch_clip_objective_counts_same_class_captions_as_positives():
     z = model.image_head.members_forward(data.image_feats)[0]
     pos = (labels[:, None] == labels[None, :]).float()
     for reduction, factor in (("mean", 1.0), ("sum", 2.0)):
-        step = make_step(model, data, LossConfig(kind="batch-clip", reduction=reduction))
+        step = class_objective(model, data, LossConfig(kind="batch-clip", reduction=reduction))
         torch.manual_seed(5)
         loss = step(idx)
         torch.manual_seed(5)

@@ -18,7 +18,9 @@ from clipforge.data.mnist import DIGIT_NAMES, load_mnist, load_small_digits, mni
 from clipforge.errors import ClipforgeError
 from clipforge.losses.functional import clip_loss
 from clipforge.model.dual_encoder import DualEncoder
-from clipforge.pipelines.scratch import (ScratchClip, ScratchClipConfig, caption_index, label_positives,
+from clipforge.losses.objective import Objective
+from clipforge.losses.scratch import caption_index
+from clipforge.pipelines.scratch import (ScratchClip, ScratchClipConfig,
                                     train_and_evaluate)
 from clipforge.towers.registry import build_tower
 
@@ -135,7 +137,7 @@ def test_captions_and_positives_follow_labels():
     clip_templates = ScratchClipConfig().templates
     cap = caption_index(y, len(clip_templates), torch.Generator().manual_seed(0))
     assert ((cap // len(clip_templates)) == y).all()
-    pos = label_positives(y)
+    pos = Objective.positives(y)
     assert pos[0, 1] == 1 and pos[1, 0] == 1 and pos[0, 2] == 0 and torch.equal(pos.diagonal(), torch.ones(4))
 
 
@@ -143,13 +145,13 @@ def test_same_class_pairs_are_positives_in_both_directions():
     # The loss the scratch CLIP trains with: duplicates of a class are pulled together, image->text AND text->image.
     y = torch.tensor([0, 0, 1, 2])
     logits = torch.zeros(4, 4, requires_grad=True)
-    clip_loss(logits, label_positives(y)).backward()
+    clip_loss(logits, Objective.positives(y)).backward()
     assert logits.grad[0, 1] < 0 and logits.grad[1, 0] < 0      # the duplicate pair: pushed up, like the diagonal
     assert logits.grad[0, 2] > 0                                  # a different class: pushed down
     # embeddings perfect at class level (a duplicate scores as high as its own caption): with label positives
     # nothing pushes the duplicates apart; arange targets (the seed) still would
-    good = torch.where(label_positives(y).bool(), 10.0, -10.0).requires_grad_()
-    clip_loss(good, label_positives(y)).backward()
+    good = torch.where(Objective.positives(y).bool(), 10.0, -10.0).requires_grad_()
+    clip_loss(good, Objective.positives(y)).backward()
     assert good.grad[0, 1].abs() < 1e-6
     seed = good.detach().clone().requires_grad_()
     clip_loss(seed, None).backward()

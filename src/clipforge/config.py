@@ -55,6 +55,8 @@ class TowersConfig(Strict):
     image_size: int | None = Field(None, ge=16, le=1024, description="tower input size in pixels; null = the tower's "
                                    "native size (224 for EfficientNet-Lite0; docs/zero-shot.md)")
     invert: bool | None = Field(None, description="invert grey images (light object on dark -> dark on light); null = dataset default")
+    unlock_image_last_n: int = Field(0, ge=0, le=64, description="fine-tune the image tower's last N blocks with the "
+                                     "heads (the seed's recipe; train.lr_image_tower); 0 = frozen tower, cached features")
 
 
 class HeadConfig(Strict):
@@ -84,6 +86,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(0, ge=0, description="0 = full batch (cached features fit in memory)")
     lr: float = Field(1e-2, gt=0.0, le=MAX_LR)
     lr_similarity: float | None = Field(None, gt=0.0, le=MAX_LR, description="own learning rate for the similarity net")
+    lr_image_tower: float = Field(1e-4, gt=0.0, le=MAX_LR, description="the unlocked image-tower blocks "
+                                  "(towers.unlock_image_last_n)")
     weight_decay: float = Field(1e-2, ge=0.0, le=MAX_LR)
     warmup_steps: int = Field(10, ge=0)
     grad_clip: float = Field(1.0, ge=0.0)
@@ -108,8 +112,9 @@ class RunConfig(Strict):
 # -- image-caption training (the seeds "Contrastive" and "CLIP-Chinese"): train and eval stages ---------------
 
 class CaptionDataConfig(Strict):
-    source: str = Field("tux-paint", description="'tux-paint', 'emoji', 'csv:<file>', 'captions:<dir with captions.csv>', "
-                                                 "'wds:<shards, e.g. data/{00000..00009}.tar>'")
+    source: str | list[str] = Field("tux-paint", description="'tux-paint', 'emoji', 'csv:<file>', 'captions:<dir with "
+                                    "captions.csv>', 'wds:<shards, e.g. data/{00000..00009}.tar>', or a list of these "
+                                    "trained as one set (e.g. [tux-paint, emoji])")
     caption_field: str = Field("txt", min_length=1, description="wds: sources: the caption's member ('txt': {key}.txt) "
                                                                 "or a field of {key}.json ('caption')")
     valid_source: str | None = Field(None, description="a separate held-out set (e.g. datasets/valid); else fold `fold` is held out")

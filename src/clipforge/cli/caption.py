@@ -45,10 +45,10 @@ def eval_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help=
              set_: List[str] = typer.Option([], "--set", "-s", help="override a field: section.field=value")):
     """Retrieval R@1/5/10 (image->text, text->image) and MR of a saved model."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from clipforge.pipelines import captions as caption
+    from clipforge.pipelines.caption_eval import evaluate_saved
     from clipforge.config import CaptionEvalConfig, load_config
     cfg = load_config(config_path(config), set_, cls=CaptionEvalConfig)
-    result = caption.evaluate_saved(cfg)
+    result = evaluate_saved(cfg)
     typer.echo(json.dumps(result["metrics"], indent=1))
     typer.echo(f"wrote {cfg.out}")
 

@@ -129,3 +129,17 @@ class CaptionDataset:
             st = p.stat() if p.exists() else None
             h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
         return h.hexdigest()[:16]
+
+
+def concat_captions(datasets: list[CaptionDataset]) -> CaptionDataset:
+    """Several caption sets as one (``data.source`` given as a list): images in order, every language any of them
+    has (an image of a set without it has no caption in it), one skip report for all."""
+    if len(datasets) == 1:
+        return datasets[0]
+    langs = sorted({lang for d in datasets for lang in d.translations})
+    skipped = SkipReport([item for d in datasets for item in d.skipped.items])
+    return CaptionDataset("+".join(d.name for d in datasets), [p for d in datasets for p in d.paths],
+                          [c for d in datasets for c in d.captions],
+                          {lang: [c for d in datasets for c in d.translations.get(lang, [[]] * len(d))] for lang in langs},
+                          skipped)
+

@@ -1,4 +1,4 @@
-"""Class-aware objectives on cached features: what one training step computes.
+"""Class-aware objectives: seen-class images against class descriptions (locked or fine-tuned image tower).
 
 * ``multilabel`` (default): every image against every description of the seen classes, a sigmoid
   (SigLIP-style) per pair; a description shared by several classes is a positive for all of them.
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.config import LossConfig
-from clipforge.losses.contrastive import members_clip_loss
-from clipforge.losses.functional import multi_positive_infonce, multilabel_loss, pair_loss
+from clipforge.losses.functional import members_clip_loss, multi_positive_infonce, multilabel_loss, pair_loss
+from clipforge.losses.objective import Objective
 from clipforge.model.dual_encoder import DualEncoder
 
 
@@ -39,78 +39,71 @@ def pair_negative_weights(membership: torch.Tensor, seen: list[int], labels: tor
     return of_seen * (1 - membership[labels])
 
 
-def _member_logits(model: DualEncoder, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-    z = model.image_head.members_forward(img)          # (K, B, D)
-    return model.logits(z, txt)                         # (K, B, V)
+class ClassDescriptionObjective(Objective):
+    """Seen-class images against seen-class descriptions: ``multilabel``, ``class-softmax`` or ``batch-clip``
+    (module docstring). Every head's loss comes from one batched op over (K, B, ...) logits, summed over heads
+    (``* K``) as the per-head sum it replaces. ``image_inputs`` are cached features, or the image tower's trunk
+    activations when its last ``image_trunk_blocks`` blocks train."""
+
+    def __init__(self, model: DualEncoder, data: ClassBatchData, cfg: LossConfig, batch_size: int = 0, seed: int = 0,
+                 image_trunk_blocks: int = 0, image_inputs: torch.Tensor | None = None):
+        super().__init__(model, len(data.labels), batch_size, seed, image_cached=not image_trunk_blocks,
+                         image_trunk_blocks=image_trunk_blocks)
+        if cfg.kind not in ("multilabel", "class-softmax", "batch-clip", "pair"):
+            raise ValueError(f"unknown loss kind {cfg.kind!r}")
+        self.data, self.cfg = data, cfg
+        self.inputs = data.image_feats if image_inputs is None else image_inputs
+        self.M, self.seen_t = data.membership, torch.tensor(data.seen)
+        self._everything = torch.arange(len(data.labels))
+        # nothing in the description embeddings trains without a text head: compute them once
+        self._fixed_text = model.embed_text_features(data.text_feats) if model.text_head is None else None
+        self._remap = torch.full((self.M.shape[0],), -1, dtype=torch.long)
+        self._remap[self.seen_t] = torch.arange(len(data.seen))
+
+    def text(self) -> torch.Tensor:
+        return self._fixed_text if self._fixed_text is not None else self.model.embed_text_features(self.data.text_feats)
+
+    def inputs_of(self, idx: torch.Tensor) -> torch.Tensor:
+        """The batch's image inputs; the full batch without a gathered copy."""
+        full = len(idx) == len(self.inputs) and torch.equal(idx, self._everything)
+        return self.inputs if full else self.inputs[idx]
+
+    def images(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.image_members(self.inputs_of(idx))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        y, kind = self.data.labels[idx], self.cfg.kind
+        if kind == "multilabel":
+            z = self.images(idx)                                           # (K, B, D)
+            return multilabel_loss(self.model.logits(z, self.text()), self.M[y]) * len(z)
+        if kind == "class-softmax":
+            proto = F.normalize(self.M[self.seen_t] @ self.text(), dim=-1)  # (C_seen, D)
+            target = F.one_hot(self._remap[y], len(self.data.seen)).float()
+            z = self.images(idx)
+            return multi_positive_infonce(self.model.logits(z, proto), target) * len(z)
+        caption = torch.multinomial(self.M[y], 1).squeeze(1)                # one description of each image's class
+        t = self.text()[caption]
+        scale = 2.0 if self.cfg.reduction == "sum" else 1.0
+        z = self.images(idx)
+        return scale * members_clip_loss(self.model.logits(z, t), self.positives(y)) * len(z)
 
 
-def _text_fn(model: DualEncoder, feats: torch.Tensor):
-    """The description embeddings for a step: computed once when nothing in them trains (no text head: they are
-    the normalised text features), else at every step through the text head."""
-    if model.text_head is None:
-        fixed = model.embed_text_features(feats)
-        return lambda: fixed
-    return lambda: model.embed_text_features(feats)
+class ClassPairObjective(ClassDescriptionObjective):
+    """``pair``: each image with one description of its class (+1) and one of another SEEN class (-1)."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        y, M = self.data.labels[idx], self.M
+        pos = torch.multinomial(M[y], 1).squeeze(1)
+        neg = torch.multinomial(pair_negative_weights(M, self.data.seen, y), 1).squeeze(1)
+        t = self.text()
+        labels = torch.cat([torch.ones(len(idx)), -torch.ones(len(idx))])
+        z = self.images(idx)                                               # (K, B, D)
+        scores = self.model.similarity.pair(torch.cat([z, z], 1), torch.cat([t[pos], t[neg]]))   # (K, 2B)
+        return pair_loss(scores, labels.expand_as(scores), self.cfg.pair_variant, self.cfg.margin) * len(z)
 
 
-def _images_fn(feats: torch.Tensor):
-    """Image features of a batch; the full batch (``batches_fn`` yields ``arange(n)``) without a gathered copy."""
-    everything = torch.arange(len(feats))
-    return lambda idx: feats if len(idx) == len(feats) and torch.equal(idx, everything) else feats[idx]
-
-
-def make_step(model: DualEncoder, data: ClassBatchData, cfg: LossConfig):
-    """Return ``step(batch_index_tensor) -> loss`` for the configured objective. Every head's loss comes from
-    one batched op over (K, B, ...) logits; summed over heads (``* K``) as the per-head sum it replaces."""
-    M = data.membership
-    seen_t = torch.tensor(data.seen)
-    text, images = _text_fn(model, data.text_feats), _images_fn(data.image_feats)
-    if cfg.kind == "multilabel":
-        def step(idx):
-            logits = _member_logits(model, images(idx), text())
-            return multilabel_loss(logits, M[data.labels[idx]]) * logits.shape[0]
-        return step
-    if cfg.kind == "class-softmax":
-        remap = torch.full((M.shape[0],), -1, dtype=torch.long)
-        remap[seen_t] = torch.arange(len(data.seen))
-        def step(idx):
-            proto = F.normalize(M[seen_t] @ text(), dim=-1)              # (C_seen, D)
-            logits = _member_logits(model, images(idx), proto)
-            target = F.one_hot(remap[data.labels[idx]], len(data.seen)).float()
-            return multi_positive_infonce(logits, target) * logits.shape[0]
-        return step
-    if cfg.kind == "batch-clip":
-        def step(idx):
-            y = data.labels[idx]
-            caption = torch.multinomial(M[y], 1).squeeze(1)                # one description of each image's class
-            t = text()[caption]
-            positives = (y[:, None] == y[None, :]).float()
-            scale = 2.0 if cfg.reduction == "sum" else 1.0
-            logits = _member_logits(model, images(idx), t)
-            return scale * members_clip_loss(logits, positives) * logits.shape[0]
-        return step
-    if cfg.kind == "pair":
-        def step(idx):
-            y = data.labels[idx]
-            pos = torch.multinomial(M[y], 1).squeeze(1)
-            neg = torch.multinomial(pair_negative_weights(M, data.seen, y), 1).squeeze(1)
-            t = text()
-            labels = torch.cat([torch.ones(len(idx)), -torch.ones(len(idx))])
-            z = model.image_head.members_forward(images(idx))          # (K, B, D)
-            scores = model.similarity.pair(torch.cat([z, z], 1), torch.cat([t[pos], t[neg]]))   # (K, 2B)
-            return pair_loss(scores, labels.expand_as(scores), cfg.pair_variant, cfg.margin) * len(z)
-        return step
-    raise ValueError(f"unknown loss kind {cfg.kind!r}")
-
-
-def batches_fn(n: int, batch_size: int, seed: int):
-    """Shuffled index batches per epoch (one full batch when ``batch_size`` is 0)."""
-    def batches(epoch: int):
-        if not batch_size or batch_size >= n:
-            yield torch.arange(n)
-            return
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, batch_size):
-            yield perm[i:i + batch_size]
-    return batches
+def class_objective(model: DualEncoder, data: ClassBatchData, cfg: LossConfig, batch_size: int = 0, seed: int = 0,
+                    **kw) -> ClassDescriptionObjective:
+    """The configured class objective (``loss.kind``)."""
+    cls = ClassPairObjective if cfg.kind == "pair" else ClassDescriptionObjective
+    return cls(model, data, cfg, batch_size, seed, **kw)

@@ -22,13 +22,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from clipforge.losses.functional import members_clip_loss, pair_loss, siglip_loss
+from clipforge.losses.objective import Objective
+from clipforge.train.distributed import World, gather_no_grad
 from clipforge.util.extras import require
-from clipforge.train.distributed import gather_no_grad
-from clipforge.losses.functional import gather_with_grad, pair_loss, siglip_loss
 
 
 @dataclass
@@ -50,16 +51,6 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def members_clip_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """The mean over K heads of ``clip_loss(logits[k], positives)`` for (K, N, M) logits, in batched ops: each
-    direction's log-softmax runs once over all heads (the text->image one along dim -2, no transposed copy)."""
-    rows = positives / positives.sum(-1, keepdim=True).clamp_min(1e-12)
-    cols = positives / positives.sum(-2, keepdim=True).clamp_min(1e-12)
-    i2t = -(rows * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-    t2i = -(cols * F.log_softmax(logits, dim=-2)).sum(-2).mean()
-    return 0.5 * (i2t + t2i)
-
-
 def autocast(precision: str, device: str = "cpu"):
     """bf16 autocast on CPU, fp16/bf16 AMP on CUDA, nothing for fp32."""
     if precision == "fp32":
@@ -68,34 +59,37 @@ def autocast(precision: str, device: str = "cpu"):
     return torch.autocast(device_type=device, dtype=dtype)
 
 
-class ContrastiveObjective(nn.Module):
+@dataclass
+class CaptionPairs:
+    """A training split's pairs for ``batches``: image inputs per image (features array or decoded images),
+    caption inputs per pair (features array or strings) and each pair's image id."""
+    images: object
+    texts: object
+    owners: np.ndarray
+
+
+class CaptionObjective(Objective):
+    """Image-caption pairs: ``clip``, ``siglip`` or ``pair`` (module docstring). ``pairs`` gives ``batches`` its
+    data; without it the objective scores batches built elsewhere (tests, the feature store)."""
+    drop_last = True  # equal batches on every rank, and the last pairs are a different permutation next epoch
+
     def __init__(self, model, kind: str = "clip", reduction: str = "mean", image_cached: bool = True,
                  text_cached: bool = True, augment: nn.Module | None = None, precision: str = "fp32",
-                 pair_variant: str = "l1"):
-        super().__init__()
+                 pair_variant: str = "l1", pairs: CaptionPairs | None = None, batch_size: int = 0, seed: int = 0,
+                 world: World | None = None):
         if kind not in ("clip", "siglip", "pair"):
             raise ValueError(f"loss kind must be clip, siglip or pair, not {kind!r}")
-        self.model, self.kind, self.reduction, self.pair_variant = model, kind, reduction, pair_variant
-        self.image_cached, self.text_cached = image_cached, text_cached
-        self.augment, self.precision = augment, precision
+        n = len(pairs.owners) if pairs is not None else 0
+        super().__init__(model, n, batch_size, seed, world, image_cached, text_cached, augment=augment)
+        self.kind, self.reduction, self.pair_variant, self.precision = kind, reduction, pair_variant, precision
+        self.pairs = pairs
 
-    # -- embeddings of one side -------------------------------------------------------------------
-    def image_members(self, images) -> torch.Tensor:
-        """(K, B, D): each ensemble member's normalised image embedding."""
-        m = self.model
-        if self.image_cached:
-            feats = torch.as_tensor(images)
-        else:
-            x = m.image_tower.prepare(images)
-            if self.augment is not None and self.training:
-                x = self.augment(x)
-            feats = m.image_tower(x)
-        return m.image_head.members_forward(feats.float())
-
-    def text_embeddings(self, texts) -> torch.Tensor:
-        m = self.model
-        feats = torch.as_tensor(texts) if self.text_cached else m.text_tower(m.text_tower.prepare(texts))
-        return m.embed_text_features(feats.float(), with_bridge=False)
+    def batch(self, idx: torch.Tensor) -> CaptionBatch:
+        p, pair_idx = self.pairs, idx.numpy()
+        owners = p.owners[pair_idx]
+        images = torch.from_numpy(p.images[owners]) if self.image_cached else [p.images[i] for i in owners]
+        texts = torch.from_numpy(p.texts[pair_idx]) if self.text_cached else [p.texts[i] for i in pair_idx]
+        return CaptionBatch(images, texts, torch.from_numpy(owners))
 
     def embed(self, batch: CaptionBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.precision):
@@ -105,10 +99,9 @@ class ContrastiveObjective(nn.Module):
     def loss_from_embeddings(self, img: torch.Tensor, txt: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
         # one gather per ensemble member: gathering a transposed (B, K, D) view sends non-contiguous gradients
         # through gloo's all-to-all backward, which silently scrambles them (tests/test_distributed.py)
-        img_all = torch.stack([gather_with_grad(member.contiguous()) for member in img]) if _distributed() else img
-        txt_all = gather_with_grad(txt)
-        own = gather_no_grad(owners)
-        positives = (own[:, None] == own[None, :]).float()
+        img_all = torch.stack([self.gather(member.contiguous()) for member in img]) if _distributed() else img
+        txt_all = self.gather(txt)
+        positives = self.positives(gather_no_grad(owners))
         if self.kind == "pair":
             return self.pair_loss(img_all, txt_all, positives)
         logits = self.model.similarity(img_all, txt_all)                 # (K, N, N), one matmul for all heads
@@ -152,6 +145,9 @@ class ContrastiveObjective(nn.Module):
             i, t = self.embed(batch.slice(s))
             torch.autograd.backward([i, t], [img.grad[:, s], txt.grad[s]])
         return loss.detach()
+
+
+ContrastiveObjective = CaptionObjective  # the name it had before the one Objective interface
 
 
 def kornia_augment(size: int) -> nn.Module:

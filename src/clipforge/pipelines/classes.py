@@ -1,8 +1,9 @@
 """The main job: align an image tower and a text tower on the seen classes, zero-shot the unseen ones.
 
 Steps, each a function so the benchmark can reuse them:
-  1. ``prepare``: datasets, split, towers, cached features of images and descriptions;
-  2. ``train_model``: heads trained on seen-class images against seen-class descriptions only;
+  1. ``prepare`` (pipelines/class_data.py): datasets, split, towers, cached features of images and descriptions;
+  2. ``train_model``: heads trained on seen-class images against seen-class descriptions only (with
+     ``towers.unlock_image_last_n``, the image tower's last blocks too: pipelines/finetune.py);
   3. ``evaluate_model``: unseen N-way, seen N-way, GZSL with calibrated stacking, linear probe;
   4. ``run``: all of it plus saving the model, results JSON and the skipped-items report.
 """
@@ -13,85 +14,19 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clipforge.embed.cache import EmbeddingCache, embed_dataset, embed_texts
 from clipforge.config import RunConfig
-from clipforge.data import ClassDescriptions, SkipReport, load_descriptions, seen_unseen
-from clipforge.data.sources import load_class_source
-from clipforge.errors import ClipforgeError
 from clipforge.evaluate.probe import linear_probe
 from clipforge.evaluate.zeroshot import GAMMA_GRID, ZeroShotClassifier, gzsl_h_curve, gzsl_metrics, topk_metrics
 from clipforge.model.dual_encoder import DualEncoder
-from clipforge.losses.classes import ClassBatchData, batches_fn, make_step
-from clipforge.towers import build_tower
+from clipforge.losses.classes import ClassBatchData, class_objective
+from clipforge.pipelines.class_data import Prepared, prepare
+from clipforge.pipelines.finetune import trunk_inputs, tunable_tower, tuned_features
 from clipforge.train.trainer import ParamGroup, Trainer, seed_everything
-
-
-@dataclass
-class Prepared:
-    class_names: list[str]
-    seen: list[int]
-    unseen: list[int]
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    descriptions: ClassDescriptions
-    vocab: list[str]
-    vocab_feats: np.ndarray
-    image_tower: object
-    text_tower: object
-    skipped: SkipReport
-    tower_opts: dict
-
-
-def prepare(cfg: RunConfig, progress: bool = True, towers: tuple | None = None) -> Prepared:
-    train_ds, test_ds, fixed_unseen = load_class_source(cfg.data.source, cfg.data.seed)
-    names = train_ds.class_names
-    if fixed_unseen and not cfg.data.unseen:
-        seen, unseen = [c for c in range(len(names)) if c not in fixed_unseen], sorted(fixed_unseen)
-    else:
-        seen, unseen = seen_unseen(names, cfg.data.n_unseen, cfg.data.split_seed, cfg.data.unseen)
-    train_ds = train_ds.per_class(cfg.data.train_per_class, cfg.data.seed)
-    test_ds = test_ds.per_class(cfg.data.test_per_class, cfg.data.seed + 1)
-    invert = train_ds.grey_light_on_dark if cfg.towers.invert is None else cfg.towers.invert
-    tower_opts = {"image_size": cfg.towers.image_size, "invert": invert}
-    if towers is None:
-        image_tower = build_tower(cfg.towers.image, "image", **tower_opts)
-        text_tower = build_tower(cfg.towers.text, "text")
-    else:
-        image_tower, text_tower = towers
-    image_tower.lock()
-    text_tower.lock()
-    # The size the tower really uses (its native one when the config says null), so a saved model records it.
-    tower_opts["image_size"] = image_tower.preprocess_key().get("size", cfg.towers.image_size)
-    cache = EmbeddingCache(cfg.cache_dir)
-    tr_x, tr_y = embed_dataset(image_tower, train_ds, cache, progress=progress)
-    te_x, te_y = embed_dataset(image_tower, test_ds, cache, progress=progress)
-    _require_images(cfg.data.source, "training", int(np.isin(tr_y, seen).sum()), train_ds.skipped)
-    _require_images(cfg.data.source, "test", len(te_y), test_ds.skipped)
-    desc = load_descriptions(names, cfg.data.descriptions, dataset=cfg.data.source)
-    vocab = desc.vocabulary()
-    vocab_feats = embed_texts(text_tower, vocab, cache)
-    # Folder sources split one dataset, so train and test may share one report: count each item once.
-    skipped = train_ds.skipped if test_ds.skipped is train_ds.skipped else \
-        SkipReport(train_ds.skipped.items + test_ds.skipped.items)
-    return Prepared(names, seen, unseen, tr_x, tr_y, te_x, te_y, desc, vocab, vocab_feats,
-                    image_tower, text_tower, skipped, tower_opts)
-
-
-def _require_images(source: str, part: str, n: int, skipped: SkipReport) -> None:
-    """No usable image is an error: a model trained on nothing (or scored on nothing) has NaN metrics and looks
-    like a result."""
-    if n:
-        return
-    first = f"; e.g. {skipped.items[0][0]}: {skipped.items[0][1]}" if skipped.items else ""
-    raise ClipforgeError(f"no usable {part} images in '{source}' ({len(skipped)} items skipped{first})")
 
 
 def train_model(cfg: RunConfig, p: Prepared, seen: list[int] | None = None, out_dir: str | Path | None = None,
@@ -99,8 +34,11 @@ def train_model(cfg: RunConfig, p: Prepared, seen: list[int] | None = None, out_
     """Heads trained on the images of ``seen`` classes against the descriptions of ``seen`` classes."""
     seen = p.seen if seen is None else seen
     seed_everything(cfg.train.seed)
-    model = DualEncoder(p.image_tower, p.text_tower, cfg.head, ensemble or cfg.train.ensemble, cfg.train.seed,
+    last_n = cfg.towers.unlock_image_last_n
+    image_tower = tunable_tower(p.image_tower, last_n) if last_n else p.image_tower
+    model = DualEncoder(image_tower, p.text_tower, cfg.head, ensemble or cfg.train.ensemble, cfg.train.seed,
                         tower_opts=p.tower_opts)
+    model.tuned_blocks = last_n
     mask = np.isin(p.train_y, seen)
     x = torch.from_numpy(p.train_x[mask])
     model.image_head.fit_normalizer(x)
@@ -114,12 +52,16 @@ def train_model(cfg: RunConfig, p: Prepared, seen: list[int] | None = None, out_
               ParamGroup("similarity", model.similarity, cfg.train.lr_similarity or cfg.train.lr, 0.0)]
     if model.text_head is not None:
         groups.append(ParamGroup("text_head", model.text_head, cfg.train.lr, cfg.train.weight_decay))
-    n = len(x)
-    steps = max(1, -(-n // cfg.train.batch_size)) if cfg.train.batch_size else 1
-    trainer = Trainer(model, groups, cfg.train.epochs, steps, out_dir, cfg.train.warmup_steps, cfg.train.grad_clip,
-                      cfg.train.log_every, progress, tensorboard=out_dir is not None,
+    inputs = None
+    if last_n:
+        groups.append(ParamGroup("image_tower", model.image_tower, cfg.train.lr_image_tower, cfg.train.weight_decay))
+        inputs = trunk_inputs(p.image_tower, p.train_ds, last_n, len(p.train_x))[torch.from_numpy(mask)]
+    objective = class_objective(model, data, cfg.loss, cfg.train.batch_size, cfg.train.seed,
+                                image_trunk_blocks=last_n, image_inputs=inputs)
+    trainer = Trainer(model, groups, cfg.train.epochs, objective.steps_per_epoch, out_dir, cfg.train.warmup_steps,
+                      cfg.train.grad_clip, cfg.train.log_every, progress, tensorboard=out_dir is not None,
                       checkpoint_every=cfg.train.checkpoint_every)
-    trainer.fit(batches_fn(n, cfg.train.batch_size, cfg.train.seed), make_step(model, data, cfg.loss), resume=resume)
+    trainer.fit(objective.batches, objective, resume=resume)
     model.train_history = trainer.state.history
     return model.eval()
 
@@ -139,8 +81,12 @@ def calibrate_gamma(cfg: RunConfig, p: Prepared, scorer=None, progress: bool = F
     ``scorer(classes) -> (features -> (N, n_classes) scores)`` fits another method on ``classes``; by default it
     is ``train_model`` with one head."""
     if scorer is None:
+        # a fine-tuned run calibrates on head-only pseudo-split models (a fine-tune per pseudo split would be
+        # several times the cost of the run itself)
+        heads_only = cfg.model_copy(update={"towers": cfg.towers.model_copy(update={"unlock_image_last_n": 0})})
+
         def scorer(classes):
-            small = train_model(cfg, p, seen=classes, progress=progress, ensemble=1)
+            small = train_model(heads_only, p, seen=classes, progress=progress, ensemble=1)
             return lambda x: class_scores(small, p, x)
     m = np.isin(p.train_y, p.seen)
     curves = [h_curve_on_seen(scorer(val_seen)(p.train_x[m]), p, val_seen, val_unseen)
@@ -183,7 +129,14 @@ def h_curve_on_seen(scores_all: np.ndarray, p: Prepared, val_seen: list[int], va
     return gzsl_h_curve(scores, y, [local[c] for c in val_seen], [local[c] for c in val_unseen])
 
 
+def features_for(model: DualEncoder, p: Prepared) -> Prepared:
+    """``p`` as ``model`` sees it: the same when its image tower is the frozen one, else with the features of its
+    fine-tuned tower."""
+    return tuned_features(model, p, model.tuned_blocks) if model.tuned_blocks else p
+
+
 def evaluate_model(model: DualEncoder, p: Prepared, gamma: float = 0.0, probe: bool = True) -> dict:
+    p = features_for(model, p)
     return evaluate_scores(class_scores(model, p, p.test_x), p, gamma, probe)
 
 

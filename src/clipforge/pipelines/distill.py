@@ -29,7 +29,7 @@ import torch
 from clipforge.embed.cache import EmbeddingCache, embed_texts
 from clipforge.data.captions import folds, load_caption_source
 from clipforge.errors import ClipforgeError
-from clipforge.losses.functional import distill_loss
+from clipforge.losses.distill import DistillObjective
 from clipforge.train.trainer import ParamGroup, Trainer, seed_everything
 from clipforge.towers.student import StudentTextTower
 from clipforge.config import DistillConfig, DistillTrainConfig, StudentConfig  # noqa: F401 (their old home)
@@ -87,22 +87,11 @@ def distill(teacher, en: list[str], other: list[str], student_cfg: StudentConfig
     student.cached_base = (lambda texts: embed_texts(student.base, texts, cache)) if cache.root is not None else None
     student.head.fit_normalizer(x)
     student.unlock()
-    bs = min(train_cfg.batch_size, len(x))
-    steps = max(1, len(x) // bs)
-
-    def batches(epoch: int):
-        order = torch.from_numpy(np.random.RandomState([train_cfg.seed, epoch]).permutation(len(x)))
-        for s in range(steps):
-            yield order[s * bs:(s + 1) * bs]
-
-    def step(idx):
-        out = student.project(x[idx])
-        return distill_loss(out, y[idx], train_cfg.loss)
-
+    objective = DistillObjective(student, x, y, train_cfg.loss, train_cfg.batch_size, train_cfg.seed)
     trainer = Trainer(student, [ParamGroup("student_head", student.head, train_cfg.lr, train_cfg.weight_decay)],
-                      train_cfg.epochs, steps, out_dir, train_cfg.warmup_steps, 1.0, 50, progress,
+                      train_cfg.epochs, objective.steps_per_epoch, out_dir, train_cfg.warmup_steps, 1.0, 50, progress,
                       tensorboard=out_dir is not None, checkpoint_every=max(1, train_cfg.epochs))
-    trainer.fit(batches, step)
+    trainer.fit(objective.batches, objective)
     student.lock().eval()
     model = DualEncoder(teacher.image_tower, student, teacher.head_cfg, teacher.ensemble,
                         tower_opts=teacher.tower_opts)

@@ -27,7 +27,7 @@ from clipforge.config import HeadConfig
 from clipforge.data.descriptions import from_templates
 from clipforge.evaluate.report_figures import heatmap_figure
 from clipforge.evaluate.zeroshot import ZeroShotClassifier, topk_metrics
-from clipforge.losses.functional import clip_loss
+from clipforge.losses.scratch import ScratchObjective
 from clipforge.model.dual_encoder import DualEncoder
 from clipforge.towers import build_tower
 from clipforge.train.trainer import ParamGroup, Trainer, seed_everything
@@ -64,16 +64,6 @@ class ScratchClipConfig:
     monitor: bool = True              # zero-shot accuracy on the held-out images after every epoch (curve only)
 
 
-def caption_index(labels: torch.Tensor, n_templates: int, generator: torch.Generator) -> torch.Tensor:
-    """A random caption per image: index into the class-major vocabulary (class c, template t) -> c * T + t."""
-    return labels * n_templates + torch.randint(n_templates, labels.shape, generator=generator)
-
-
-def label_positives(labels: torch.Tensor) -> torch.Tensor:
-    """(B, B) 0/1: image i and caption j are a positive pair when their classes match (duplicates included)."""
-    return (labels[:, None] == labels[None, :]).float()
-
-
 class ScratchClip:
     """Builds the towers and heads, trains them, and scores held-out images by text prompts."""
 
@@ -86,10 +76,10 @@ class ScratchClip:
         seed_everything(cfg.seed)
         image = build_tower(cfg.image_tower, "image", image_size=image_size, invert=False)
         text = build_tower(cfg.text_tower, "text")
-        if hasattr(text, "fit_vocab"):
+        if text.needs_vocab:
             text.fit_vocab(self.captions)
         image.unlock()
-        self.text_trainable = not getattr(text, "weights_from_id", True)
+        self.text_trainable = not text.weights_from_id
         text.unlock() if self.text_trainable else text.lock()
         head = HeadConfig(kind="linear", embed_dim=cfg.embed_dim, text_head=True, similarity="cosine",
                           init_temperature=cfg.init_temperature, learn_temperature=True, init_bias=None)
@@ -101,59 +91,30 @@ class ScratchClip:
             self.model.text_head.fit_normalizer(self.caption_feats)
         self.caption_inputs = text.prepare(self.captions) if self.text_trainable else None
 
-    # -- pieces of a step ---------------------------------------------------------------------------
-    def text_embeddings(self, which: torch.Tensor) -> torch.Tensor:
-        """Embeddings of the captions ``which`` (indices into ``self.captions``), with gradients."""
-        if self.caption_feats is not None:
-            feats = self.caption_feats[which]
-        else:
-            feats = self.model.text_tower({k: v[which] for k, v in self.caption_inputs.items()})
-        return self.model.embed_text_features(feats)
-
-    def batch_loss(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        m = self.model
-        if self.cfg.augment and hasattr(m.image_tower, "augment"):
-            x = m.image_tower.augment(x, generator=generator)
-        img = m.embed_image_features(m.image_tower(x))
-        cap = caption_index(y, len(self.cfg.templates), generator)
-        uniq, inv = torch.unique(cap, return_inverse=True)    # each distinct caption through the tower once
-        txt = self.text_embeddings(uniq)[inv]
-        return clip_loss(m.logits(img, txt), label_positives(y))
-
     # -- training -----------------------------------------------------------------------------------
     def fit(self, train_x: np.ndarray, train_y: np.ndarray, out_dir=None, monitor=None, progress: bool = False,
             probe: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
         """Train on uint8 images and labels; ``monitor=(x, y)`` adds held-out top-1 to each epoch's record."""
         cfg, m = self.cfg, self.model
-        x_all = m.image_tower.prepare(train_x)
-        y_all = torch.as_tensor(train_y, dtype=torch.long)
-        n, bs = len(y_all), cfg.batch_size
-        steps = -(-n // bs)
+        objective = ScratchObjective(m, m.image_tower.prepare(train_x), torch.as_tensor(train_y, dtype=torch.long),
+                                     len(cfg.templates), cfg.batch_size, cfg.seed, self.caption_feats,
+                                     self.caption_inputs, cfg.augment)
         groups = [ParamGroup("image_tower", m.image_tower, cfg.lr, cfg.weight_decay),
                   ParamGroup("image_head", m.image_head, cfg.lr, cfg.weight_decay),
                   ParamGroup("text_head", m.text_head, cfg.lr, cfg.weight_decay),
                   ParamGroup("similarity", m.similarity, cfg.lr, 0.0)]
         if self.text_trainable:
             groups.insert(1, ParamGroup("text_tower", m.text_tower, cfg.lr, cfg.weight_decay))
-        trainer = Trainer(m, groups, cfg.epochs, steps, out_dir, cfg.warmup_steps, grad_clip=1.0, log_every=10,
-                          progress=progress, tensorboard=out_dir is not None, checkpoint_every=cfg.epochs)
-        gen = torch.Generator().manual_seed(cfg.seed)
-
-        def batches(epoch: int):
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-            for i in range(0, n, bs):
-                yield perm[i:i + bs]
-
-        def step(idx):
-            return self.batch_loss(x_all[idx], y_all[idx], gen)
-
+        trainer = Trainer(m, groups, cfg.epochs, objective.steps_per_epoch, out_dir, cfg.warmup_steps, grad_clip=1.0,
+                          log_every=10, progress=progress, tensorboard=out_dir is not None, checkpoint_every=cfg.epochs)
+        steps = objective.steps_per_epoch
         eval_fn = (lambda: self.evaluate(*monitor)["top1"]) if monitor is not None else None
         on_step = None
         if trainer.writer is not None and cfg.heatmap_every and probe is not None:
             def on_step(s):
                 if s % cfg.heatmap_every == 0 or s == cfg.epochs * steps:
                     self.log_heatmap(trainer.writer, probe, s)
-        state = trainer.fit(batches, step, eval_fn=eval_fn, on_step=on_step)
+        state = trainer.fit(objective.batches, objective, eval_fn=eval_fn, on_step=on_step)
         if trainer.writer is not None:
             trainer.writer.close()
         self.model.eval()
