@@ -286,6 +286,8 @@ def run_transfer(out: str | Path, methods: list[str], overrides: list[str] = (),
                            "subcategories": f"emoji subcategories with >= {MIN_SUBCATEGORY_IMAGES} images",
                            "image_size": cfg.towers.image_size, "limit": limit,
                            "grey_targets": "Fashion-MNIST and MNIST inverted to dark-on-light, as fashion-zsl does"},
+              "skipped": {n: {"count": len(src.ds.skipped), "examples": [list(i) for i in src.ds.skipped.items[:10]]}
+                          for n, src in loaded.items()},
               "targets": per_target, "results": summary, "ratio_default_to_conse": ratio,
               "wall_seconds": round(time.time() - t0, 1), "env": environment()}
     path = out / "transfer.json"

@@ -49,7 +49,8 @@ def test_stamp_category_is_the_first_folder_in_words(tmp_path):
 
 
 def _sources(tmp_path):
-    """Two stamp categories (shapes, triangles) and a CSV caption set with one stamp planted in it."""
+    """Two stamp categories (shapes, triangles) and a CSV caption set with one stamp planted in it (and one
+    undecodable and one missing image)."""
     from captionutil import make_caption_set, make_stamp_folder
     stamps = make_stamp_folder(tmp_path / "tux")
     (stamps / "triangles").mkdir()
@@ -58,8 +59,9 @@ def _sources(tmp_path):
     csv = make_caption_set(tmp_path / "cap", copies=1)
     planted = sorted((stamps / "triangles").glob("*.png"))[0]
     shutil.copy(planted, tmp_path / "cap" / "images" / "planted.png")
+    (tmp_path / "cap" / "images" / "broken.png").write_bytes(b"not a png")       # skipped and reported, no crash
     with csv.open("a", encoding="utf-8") as f:
-        f.write("planted.png,a planted stamp\n")
+        f.write("planted.png,a planted stamp\nbroken.png,a broken file\nmissing.png,a file that is not there\n")
     return {"tux-paint": f"tux-paint:{stamps}", "emoji": f"csv:{csv}"}
 
 
@@ -90,4 +92,8 @@ def test_bench_transfer_end_to_end_on_a_tiny_set(tmp_path):
         per = [next(r["metrics"] for r in t["results"] if r["method"] == row["method"]) for t in (tux, fashion)]
         assert abs(row["metrics"]["acc1"] - np.mean([p["acc1"] for p in per])) < 1e-12
         assert abs(row["metrics"]["acc5"] - per[1]["acc5"]) < 1e-12           # only fashion has 5+ classes
+    assert set(res["skipped"]) == {"tux-paint", "emoji"} and res["skipped"]["tux-paint"]["count"] == 0
+    skipped = [item for item, _ in res["skipped"]["emoji"]["examples"]]
+    assert res["skipped"]["emoji"]["count"] == 2 and any("broken.png" in i for i in skipped)
+    assert any("missing.png" in i for i in skipped)
     assert res["ratio_default_to_conse"] is None                               # no ConSE row to divide by
