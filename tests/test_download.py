@@ -176,6 +176,25 @@ def test_a_different_list_is_not_mixed_into_old_shards(fetched, server):
         download(tmp / "other.csv", tmp / "out", SETTINGS, progress=False)
 
 
+def test_an_image_clipforge_cannot_decode_is_a_failure_not_a_success(fetched):
+    """img2dataset keeps what OpenCV decodes; an image PIL refuses in a shard is reported by download, once."""
+    import tarfile
+    tmp, _, report, _, _ = fetched
+    out = tmp / "out"
+    with tarfile.open(out / "00000.tar") as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    victim = next(m.name for m, _ in members if m.name.endswith(".jpg"))
+    with tarfile.open(out / "00000.tar", "w") as t:           # the same shard, one image's bytes cut short
+        for m, data in members:
+            data = data[: len(data) // 2] if m.name == victim else data
+            m.size = len(data)
+            t.addfile(m, io.BytesIO(data))
+    again = download(tmp / "urls.csv", out, SETTINGS, progress=False)
+    assert again.ok == report.ok - 1 and again.failed == report.failed + 1
+    reasons = list(_failures(out).values())
+    assert sum("kept by img2dataset but image does not decode" in r for r in reasons) == 1
+
+
 def test_cli_download_then_index_build_reads_the_shards(tmp_path, server):
     with open(tmp_path / "urls.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([["url", "caption"]] + [[f"{server}{p}", f"caption of {p}"] for p in GOOD]
