@@ -65,8 +65,11 @@ def bench_scale(out: Path = typer.Option(Path("benchmarks/results"), help="outpu
                 image_tower: str = typer.Option("pkg:efficientnet-lite0", help="image tower of the embedding stage"),
                 image_size: int = typer.Option(32, min=16, help="its input size (small: this is a scale test)"),
                 text_tower: str = typer.Option("pkg:all-MiniLM-L6-v2", help="text tower (the captions' features)"),
+                embed_text: bool = typer.Option(False, help="embed the captions in the embed stage too (slow)"),
                 shard_size: int = typer.Option(2000, min=10, help="samples per synthetic shard"),
+                store_shard: int = typer.Option(50000, min=10, help="rows per shard of the cached-pairs stores"),
                 epochs: int = typer.Option(1, min=1, help="training epochs per N (seconds/epoch is their mean)"),
+                threads: int = typer.Option(1, min=1, help="torch/ONNX threads per child process"),
                 set_: List[str] = typer.Option([], "--set", "-s", help="override a field of the training config")):
     """Embedding images/s and store training seconds/epoch at growing N, each N in a fresh process (peak RSS)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,5 +78,6 @@ def bench_scale(out: Path = typer.Option(Path("benchmarks/results"), help="outpu
     counts = [int(x) for x in n.split(",") if x.strip()]
     pairs = [int(x) for x in train_n.split(",") if x.strip()]
     path = run_scale_bench(out, counts, pairs, image_tower=image_tower, image_size=image_size, text_tower=text_tower,
-                           shard_size=shard_size, epochs=epochs, overrides=list(set_), log=typer.echo)
+                           embed_text=embed_text, shard_size=shard_size, store_shard=store_shard, epochs=epochs,
+                           overrides=list(set_), threads=threads, log=typer.echo)
     typer.echo(f"wrote {path}")
