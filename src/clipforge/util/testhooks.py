@@ -10,7 +10,8 @@ Outside tests nothing is set and every hook is one environment lookup. The crash
 Points: ``step`` (train.py, after an optimizer step: mid-epoch), ``checkpoint-write`` (train.py, part of a
 checkpoint written to its temporary file), ``evaluation`` (evaluate/retrieval.py, retrieval metrics of a trained
 model), ``cache-write`` (cache.py, part of an embedding-cache file written), ``index-write`` (index/core.py, a new
-index version half written, before it is published).
+index version half written, before it is published), ``store-write`` (embed/store.py, a feature-store shard's image
+array half written, before its done record), ``store-shard`` (embed/store.py, right after a shard is committed).
 """
 from __future__ import annotations
 
