@@ -50,11 +50,14 @@ def embed_cmd(data: str = typer.Option(..., "--data", help="WebDataset shards: w
     if not world.is_main:
         return
     left = unfinished(out)
-    if left:
+    if left and world.size == 1:
         raise ClipforgeError(f"{len(left)} shard(s) of {summary.shards} are not finished; rerun the same command")
-    typer.echo(f"feature store {out}: {summary.shards} shards done ({len(summary.computed)} embedded by this "
-               f"process, {len(summary.reused)} already done); {summary.rows} rows, {summary.skipped} skipped, "
-               f"{summary.seconds:.1f} s")
+    if left:  # every rank finished its shards (the barrier), so these live in other machines' --out folders
+        typer.echo(f"note: {len(left)} shard(s) are not in {out} on this machine (first: {left[0]}): written by "
+                   "other nodes; copy the nodes' folders into one (file names are global shard numbers)")
+    typer.echo(f"feature store {out}: {summary.shards - len(left)} of {summary.shards} shards done; this process: "
+               f"{len(summary.computed)} embedded, {len(summary.reused)} already done, {summary.rows} rows, "
+               f"{summary.skipped} skipped, {summary.seconds:.1f} s")
 
 
 @bench_app.command("scale")

@@ -71,6 +71,10 @@ class FeatureStore:
         return int(self.offsets[-1])
 
     @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.manifest["dtype"])
+
+    @property
     def has_text(self) -> bool:
         return self.manifest["text_tower"] is not None
 
@@ -100,7 +104,7 @@ class FeatureStore:
             out += [tuple(s) for s in json.loads(self.layout.done(i).read_text()).get("skipped", [])]
         return out
 
-    def stats(self, side: str = "image", block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    def stats(self, side: str = "image", block_rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
         """Exact mean and (unbiased) standard deviation of one side's features over the whole store, a block at a
         time in float64 (Chan et al.'s pairwise update), so no copy of all features is ever held."""
         if side not in ("image", "text") or (side == "text" and not self.has_text):
@@ -174,31 +178,44 @@ class ShuffledBatches:
             rows += b[2] - b[1]
         return groups + ([current] if current else [])
 
+    def _fill(self, group: list[tuple[int, int, int]], carry: tuple | None, held: int) -> tuple:
+        """One buffer: the carried-over rows, then the group's blocks, read straight into preallocated arrays."""
+        st = self.store
+        img = np.empty((held, st.image_dim), st.dtype)
+        txt = np.empty((held, st.text_dim), st.dtype) if st.has_text else None
+        rows = np.empty(held, np.int64)
+        o = 0
+        if carry is not None:
+            o = len(carry[2])
+            img[:o], rows[:o] = carry[0], carry[2]
+            if txt is not None:
+                txt[:o] = carry[1]
+        for i, s, e in group:
+            a, b = st.read(i, s, e)
+            img[o:o + e - s], rows[o:o + e - s] = a, np.arange(s, e) + st.offsets[i]
+            if txt is not None:
+                txt[o:o + e - s] = b
+            o += e - s
+        return img, txt, rows
+
     def __call__(self, epoch: int) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, epoch, 1])
-        carry: list[np.ndarray | None] = [None, None, None]
+        carry: tuple | None = None          # rows left at the end of the last buffer (fewer than a batch)
         self.peak_rows = 0
         for group in self.buffers(epoch):
-            parts = [self.store.read(i, s, e) + (np.arange(s, e) + self.store.offsets[i],) for i, s, e in group]
-            cols = []
-            for j in range(3):
-                chunk = [p[j] for p in parts] if parts[0][j] is not None else None
-                cols.append(None if chunk is None else np.concatenate(([carry[j]] if carry[j] is not None else []) + chunk))
-            del parts
-            held = len(cols[2])
+            held = sum(e - s for _, s, e in group) + (len(carry[2]) if carry is not None else 0)
             self.peak_rows = max(self.peak_rows, held)
-            perm = rng.permutation(held)
-            img, txt, rows = (None if c is None else c[perm] for c in cols)
-            del cols
+            img, txt, rows = self._fill(group, carry, held)
+            perm = rng.permutation(held)    # batches are gathered through it: no shuffled copy of the buffer
             full = held - held % self.batch_size
             for s in range(0, full, self.batch_size):
-                yield Batch(img[s:s + self.batch_size], None if txt is None else txt[s:s + self.batch_size],
-                            rows[s:s + self.batch_size])
-            carry = [None if c is None else c[full:] for c in (img, txt, rows)]
-            if len(carry[2]) == 0:
-                carry = [None, None, None]
-        if carry[2] is not None and len(carry[2]) and not self.drop_last:
-            yield Batch(carry[0], carry[1], carry[2])
+                idx = perm[s:s + self.batch_size]
+                yield Batch(img[idx], None if txt is None else txt[idx], rows[idx])
+            rest = perm[full:]
+            carry = (img[rest], None if txt is None else txt[rest], rows[rest]) if len(rest) else None
+            del img, txt, rows
+        if carry is not None and not self.drop_last:
+            yield Batch(*carry)
 
 
 __all__ = ["FeatureStore", "ShuffledBatches", "Batch"]
