@@ -6,9 +6,10 @@ renamed, with the overrides, the run's commit and the file it came from. The fir
 as in every benchmark JSON (docs/benchmarks.md).
 
     python -m benchmarks.fashion_zsl_compare --suite fashion-zsl-descriptions --out benchmarks/results \\
-        hand=benchmarks/results/fashion-zsl.json wordnet=/tmp/runs/wordnet/fashion-zsl.json@7279ff4 ...
+        hand=benchmarks/results/fashion-zsl.json wordnet=/tmp/runs/wn/fashion-zsl.json@d1bf85e+data.descriptions=wordnet
 
-``NAME=PATH[:METHOD][@COMMIT]``: the row ``METHOD`` (default ``clipforge``) of ``PATH``, named ``NAME``.
+``NAME=PATH[:METHOD][@COMMIT][+SET,SET]``: the row ``METHOD`` (default ``clipforge``) of ``PATH``, named ``NAME``;
+``SET``s are the run's ``--set`` overrides (a run JSON records only the method's own).
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import json
 import re
 from pathlib import Path
 
-_SPEC = re.compile(r"(?P<name>[^=]+)=(?P<path>[^:@]+)(?::(?P<method>[^@]+))?(?:@(?P<commit>\w+))?$")
+_SPEC = re.compile(r"(?P<name>[^=]+)=(?P<path>[^:@+]+)(?::(?P<method>[^@+]+))?(?:@(?P<commit>\w+))?"
+                   r"(?:\+(?P<sets>.+))?$")
 
 
-def pick_row(name: str, path: str, method: str = "clipforge", commit: str | None = None) -> tuple[dict, dict]:
+def pick_row(name: str, path: str, method: str = "clipforge", commit: str | None = None,
+             sets: list[str] = ()) -> tuple[dict, dict]:
     """(row renamed ``name``, the whole run) for the ``method`` row of the run JSON at ``path``."""
     data = json.loads(Path(path).read_text())
     rows = [r for r in data["results"] if r["method"] == method]
@@ -29,7 +32,7 @@ def pick_row(name: str, path: str, method: str = "clipforge", commit: str | None
     row = dict(rows[0])
     overrides = list(row.get("overrides") or [])
     row.update(method=name, source={"file": str(path), "row": method, "commit": commit},
-               overrides=overrides + [o for o in data.get("overrides", []) if o not in overrides])
+               overrides=overrides + [o for o in sets if o not in overrides])
     return row, data
 
 
@@ -38,8 +41,9 @@ def compare(suite: str, specs: list[str], notes: dict | None = None) -> dict:
     for spec in specs:
         m = _SPEC.match(spec)
         if not m:
-            raise SystemExit(f"bad row spec {spec!r}: NAME=PATH[:METHOD][@COMMIT]")
-        row, run = pick_row(m["name"], m["path"], m["method"] or "clipforge", m["commit"])
+            raise SystemExit(f"bad row spec {spec!r}: NAME=PATH[:METHOD][@COMMIT][+SET,SET]")
+        sets = [s for s in (m["sets"] or "").split(",") if s]
+        row, run = pick_row(m["name"], m["path"], m["method"] or "clipforge", m["commit"], sets)
         rows.append(row)
         runs.append(run)
     first = runs[0]
