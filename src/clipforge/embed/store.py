@@ -32,19 +32,15 @@ import hashlib
 import io
 import json
 import os
-import queue
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from clipforge.data.dataset import SkipReport
-from clipforge.data.wds import iter_samples
-from clipforge.embed.fast import MIN_ITEMS, fast_encoder, requested_backend
+from clipforge.embed.stream import embed_shard
 from clipforge.errors import ClipforgeError
 from clipforge.towers.base import ImagePreprocess, Tower
 from clipforge.util.extras import require
@@ -89,16 +85,15 @@ class StoreLayout:
 
 
 def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a file system that cannot fsync a folder is left as it is)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable, hook: str | None = None) -> None:
@@ -247,99 +242,6 @@ def write_shard(layout: StoreLayout, i: int, image: np.ndarray, text: np.ndarray
     atomic_write(layout.done(i), lambda f: f.write(blob))
 
 
-# -- embedding one shard ----------------------------------------------------------------------------------------
-
-@dataclass
-class ShardFeatures:
-    image: np.ndarray
-    text: np.ndarray | None
-    keys: list[str] = field(default_factory=list)
-    captions: list[str] = field(default_factory=list)
-    skipped: SkipReport = field(default_factory=SkipReport)
-
-
-def _batches(shard: str, report: SkipReport, caption_field: str, size: int | None, batch_size: int) -> Iterator:
-    """(images, keys, captions) batches of one shard; images resized to the tower's input in this (worker)
-    thread, the same PIL call ImagePreprocess makes, so decoding overlaps the model."""
-    images, keys, captions = [], [], []
-    for s in iter_samples([shard], report, caption_field):
-        images.append(np.asarray(s.image.resize((size, size))) if size else s.image)
-        keys.append(s.key)
-        captions.append(s.caption)
-        if len(images) == batch_size:
-            yield images, keys, captions
-            images, keys, captions = [], [], []
-    if images:
-        yield images, keys, captions
-
-
-def _ahead(gen: Iterator, depth: int = 2) -> Iterator:
-    """Run ``gen`` in a thread, ``depth`` items ahead of the consumer (bounded memory); its errors re-raise here."""
-    q: queue.Queue = queue.Queue(depth)
-    end, stop = object(), threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run():
-        try:
-            for item in gen:
-                if not put(item):
-                    return
-            put(end)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            put(e)
-
-    threading.Thread(target=run, daemon=True).start()
-    try:
-        while True:
-            item = q.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
-def _cast(x: np.ndarray, dtype: str, what: str) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        out = x.astype(dtype, copy=False)
-    if not np.isfinite(out).all():
-        raise ClipforgeError(f"{what} features do not fit {dtype} (values up to {float(np.abs(x).max()):.3g}); "
-                             "rerun with --dtype float32")
-    return out
-
-
-def embed_shard(shard: str, image_tower: Tower, text_tower: Tower | None, dtype: str = "float16",
-                caption_field: str = "txt", batch_size: int = 64, backend: str | None = None) -> ShardFeatures:
-    """Features of one shard's usable samples (bad ones skipped into ``skipped``), in the shard's order."""
-    report = SkipReport()
-    pre = getattr(image_tower, "pre", None)
-    size = pre.size if isinstance(pre, ImagePreprocess) else None
-    name = requested_backend(backend)
-    fast = fast_encoder(image_tower, name) if name != "off" and (batch_size >= MIN_ITEMS or name != "auto") else None
-    img, txt, keys, caps = [], [], [], []
-    for images, k, c in _ahead(_batches(shard, report, caption_field, size, batch_size)):
-        img.append(fast(image_tower.prepare(images)) if fast is not None else image_tower.encode(images, batch_size))
-        if text_tower is not None:
-            txt.append(np.asarray(text_tower.encode(c, batch_size=batch_size), dtype=np.float32))
-        keys += k
-        caps += c
-    image = _cast(np.concatenate(img) if img else np.zeros((0, image_tower.dim), np.float32), dtype, "image")
-    text = None
-    if text_tower is not None:
-        text = _cast(np.concatenate(txt) if txt else np.zeros((0, text_tower.dim), np.float32), dtype, "text")
-    return ShardFeatures(image, text, keys, caps, report)
-
-
 # -- the whole store ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -406,6 +308,6 @@ def unfinished(out: str | Path) -> list[int]:
     return [i for i in range(layout.count) if done_record(layout, manifest, i) is None]
 
 
-__all__ = ["StoreLayout", "EmbedSummary", "ShardFeatures", "embed_to_store", "embed_shard", "write_shard",
+__all__ = ["StoreLayout", "EmbedSummary", "embed_to_store", "write_shard",
            "make_manifest", "ensure_manifest", "done_record", "read_done", "shard_key", "file_digest",
            "tower_identity", "unfinished", "atomic_write", "FORMAT", "DTYPES", "MANIFEST"]
