@@ -19,7 +19,6 @@ One module owns the forward so DistributedDataParallel can wrap it (``loss = ddp
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from clipforge.losses.functional import members_clip_loss, pair_loss, siglip_loss
-from clipforge.losses.objective import Objective
+from clipforge.losses.objective import Objective, autocast
 from clipforge.train.distributed import World, gather_no_grad
 from clipforge.util.extras import require
 
@@ -49,14 +48,6 @@ class CaptionBatch:
 def _distributed() -> bool:
     import torch.distributed as dist
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def autocast(precision: str, device: str = "cpu"):
-    """bf16 autocast on CPU, fp16/bf16 AMP on CUDA, nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device, dtype=dtype)
 
 
 @dataclass

@@ -16,11 +16,21 @@ A subclass says what a batch is (``batch(idx)``: by default the index tensor its
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from clipforge.losses.functional import gather_with_grad
 from clipforge.train.distributed import World
+
+
+def autocast(precision: str, device: str = "cpu"):
+    """bf16 autocast on CPU, fp16/bf16 AMP on CUDA, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device, dtype=dtype)
 
 
 def shuffled_indices(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = False) -> list[torch.Tensor]:
