@@ -42,6 +42,7 @@ MUTMUT_VERSION = "3.8.1"   # the state files read below are mutmut 3.8's; anothe
 # image_size need a model and an image tower, which the fast tests do not have).
 MODULES = {
     "losses": ("src/clipforge/losses/functional.py", ["clipforge.losses.functional.*"]),
+    "objective": ("src/clipforge/losses/objective.py", ["clipforge.losses.objective.*"]),
     "heads": ("src/clipforge/model/heads.py", ["clipforge.model.heads.*"]),
     "zeroshot": ("src/clipforge/evaluate/zeroshot.py", ["clipforge.evaluate.zeroshot.*"]),
     "retrieval": ("src/clipforge/evaluate/retrieval.py", ["clipforge.evaluate.retrieval.*"]),
@@ -55,6 +56,7 @@ MODULES = {
 # only those of them that call the mutated function.
 TESTS = [
     "tests/test_heads_losses.py",
+    "tests/test_objective.py",
     "tests/test_mutation_guards.py",
     "tests/test_losses_values.py",
     "tests/test_heads_values.py",

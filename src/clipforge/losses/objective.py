@@ -64,13 +64,18 @@ class Objective(nn.Module):
 
     # -- batching ---------------------------------------------------------------------------------
     @property
+    def _drop_last(self) -> bool:
+        """Under torchrun every batch must split evenly over the ranks, so a short last batch is dropped."""
+        return self.drop_last or self.world.size > 1
+
+    @property
     def steps_per_epoch(self) -> int:
         if not self.batch_size or self.batch_size >= self.n:
             return 1
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return self.n // self.batch_size if self._drop_last else -(-self.n // self.batch_size)
 
     def batches(self, epoch: int):
-        for idx in shuffled_indices(self.n, self.batch_size, self.seed, epoch, self.drop_last):
+        for idx in shuffled_indices(self.n, self.batch_size, self.seed, epoch, self._drop_last):
             yield self.batch(self.world.shard(idx) if self.world.size > 1 else idx)
 
     def batch(self, idx: torch.Tensor):
