@@ -97,10 +97,17 @@ def run_fashion_zsl_fresh(out: str | Path, methods: list[str], overrides: list[s
             per_split.append(m)
             print(f"fashion-zsl-fresh {method} seed {seed}: unseen top-1 {m['unseen_top1']:.3f}  "
                   f"H {m.get('gzsl_h', float('nan')):.3f}", flush=True)
+            # written after every split: a run stopped early keeps what it measured, marked incomplete
+            _write(out, overrides, splits, names, [*rows, summarise(method, per_split)], t0,
+                          complete=False)
         rows.append(summarise(method, per_split))
+    return _write(out, overrides, splits, names, rows, t0, complete=True)
+
+
+def _write(out: Path, overrides, splits, names, rows: list[dict], t0: float, complete: bool) -> Path:
     cfg = load_config(None, list(overrides))
     result = {"suite": "fashion-zsl-fresh", "dataset": "fashion-mnist", "task": "zeroshot_classification",
-              "model": f"{cfg.towers.image} + {cfg.towers.text}", **frozen_at(),
+              "model": f"{cfg.towers.image} + {cfg.towers.text}", **frozen_at(), "complete": complete,
               "protocol": {"splits": [{"seed": s, "unseen_ids": u, "unseen": [names[c] for c in u] if names else None}
                                       for s, u in splits],
                            "rule": f"seeds {FIRST_SEED}, {FIRST_SEED + 1}, ... in order; unseen = "
@@ -113,8 +120,7 @@ def run_fashion_zsl_fresh(out: str | Path, methods: list[str], overrides: list[s
                            "worst_split": "the split with the lowest unseen top-1 of that method"},
               "results": rows, "wall_seconds": round(time.time() - t0, 1), "env": environment()}
     path = out / "fashion-zsl-fresh.json"
-    path.write_text(json.dumps(result, indent=2))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
     return path
-
-
-__all__ = ["fresh_splits", "frozen_at", "run_fashion_zsl_fresh", "FIRST_SEED", "N_FRESH"]

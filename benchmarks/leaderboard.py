@@ -12,6 +12,8 @@ from clipforge.evaluate.report import setting_of
 
 SUITES = {
     "fashion-zsl": ["unseen_top1", "unseen_mean_per_class_recall", "seen_top1", "gzsl_h"],
+    "fashion-zsl-fresh": ["unseen_top1", "unseen_mean_per_class_recall", "seen_top1", "gzsl_h"],
+    "general": ["MR_zh", "MR_en", "mr_ratio_zh_en"],
     "tux-retrieval": ["MR", "image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@10", "text_to_image_R@10"],
     "tux-retrieval-zh": ["MR_zh", "MR_en", "MR"],
     "mnist": ["top1", "mean_per_class_recall"],
