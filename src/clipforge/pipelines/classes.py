@@ -182,7 +182,7 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> dict:
     result = {"dataset": cfg.data.source, "model": f"{cfg.towers.image} + {cfg.towers.text}", "task": "zeroshot_classification",
               "seen": [p.class_names[c] for c in p.seen], "unseen": [p.class_names[c] for c in p.unseen],
               "metrics": metrics, "n_train": int(np.isin(p.train_y, p.seen).sum()), "n_test": int(len(p.test_y)),
-              "n_skipped": len(p.skipped), "seconds": {"embed": round(t_embed, 1), "total": round(time.time() - t0, 1)},
+              "n_skipped": len(p.skipped), "descriptions_fallback": list(p.descriptions.fallback), "seconds": {"embed": round(t_embed, 1), "total": round(time.time() - t0, 1)},
               "config": cfg.model_dump()}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     result["table"] = format_table(p, metrics)
