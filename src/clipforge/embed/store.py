@@ -127,11 +127,11 @@ def tower_identity(tower: Tower | None) -> dict | None:
     """What the store records of a tower: enough to rebuild it (id, input size) and to key on it (fingerprint)."""
     if tower is None:
         return None
-    if not getattr(tower, "weights_from_id", True):
+    if not tower.weights_from_id:
         raise ClipforgeError(f"tower '{tower.tower_id}' learns its weights here, so its id does not rebuild it and "
                              "a store of its features could not be trained on later; embed with a pretrained tower "
                              "(pkg:, hf:, st:)")
-    pre = getattr(tower, "pre", None)
+    pre = tower.pre
     out = {"id": tower.tower_id, "fingerprint": tower.fingerprint(), "dim": int(tower.dim)}
     if isinstance(pre, ImagePreprocess):
         out.update(image_size=pre.size, invert=pre.invert)

@@ -93,8 +93,7 @@ def embed_shard(shard: str, image_tower: Tower, text_tower: Tower | None, dtype:
                 caption_field: str = "txt", batch_size: int = 64, backend: str | None = None) -> ShardFeatures:
     """Features of one shard's usable samples (bad ones skipped into ``skipped``), in the shard's order."""
     report = SkipReport()
-    pre = getattr(image_tower, "pre", None)
-    size = pre.size if isinstance(pre, ImagePreprocess) else None
+    size = image_tower.pre.size if isinstance(image_tower.pre, ImagePreprocess) else None
     name = requested_backend(backend)
     fast = fast_encoder(image_tower, name) if name != "off" else None   # shards are large: set it up once per run
     img, txt, keys, caps = [], [], [], []
