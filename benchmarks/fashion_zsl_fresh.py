@@ -80,7 +80,7 @@ def run_fashion_zsl_fresh(out: str | Path, methods: list[str], overrides: list[s
         method_overrides(m)                       # an unknown name fails now, not after an hour of other methods
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    t0, frozen = time.time(), frozen_at()       # the commit at the START of the run, not at a later write
     splits = fresh_splits()[:n_splits]
     towers, rows, trained, names = None, [], {}, None
     for method in methods:
@@ -98,16 +98,16 @@ def run_fashion_zsl_fresh(out: str | Path, methods: list[str], overrides: list[s
             print(f"fashion-zsl-fresh {method} seed {seed}: unseen top-1 {m['unseen_top1']:.3f}  "
                   f"H {m.get('gzsl_h', float('nan')):.3f}", flush=True)
             # written after every split: a run stopped early keeps what it measured, marked incomplete
-            _write(out, overrides, splits, names, [*rows, summarise(method, per_split)], t0,
-                          complete=False)
+            _write(out, overrides, splits, names, [*rows, summarise(method, per_split)], t0, frozen,
+                   complete=False)
         rows.append(summarise(method, per_split))
-    return _write(out, overrides, splits, names, rows, t0, complete=True)
+    return _write(out, overrides, splits, names, rows, t0, frozen, complete=True)
 
 
-def _write(out: Path, overrides, splits, names, rows: list[dict], t0: float, complete: bool) -> Path:
+def _write(out: Path, overrides, splits, names, rows: list[dict], t0: float, frozen: dict, complete: bool) -> Path:
     cfg = load_config(None, list(overrides))
     result = {"suite": "fashion-zsl-fresh", "dataset": "fashion-mnist", "task": "zeroshot_classification",
-              "model": f"{cfg.towers.image} + {cfg.towers.text}", **frozen_at(), "complete": complete,
+              "model": f"{cfg.towers.image} + {cfg.towers.text}", **frozen, "complete": complete,
               "protocol": {"splits": [{"seed": s, "unseen_ids": u, "unseen": [names[c] for c in u] if names else None}
                                       for s, u in splits],
                            "rule": f"seeds {FIRST_SEED}, {FIRST_SEED + 1}, ... in order; unseen = "
