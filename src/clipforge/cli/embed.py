@@ -71,7 +71,7 @@ def bench_scale(out: Path = typer.Option(Path("benchmarks/results"), help="outpu
                 embed_text: bool = typer.Option(False, help="embed the captions in the embed stage too (slow)"),
                 shard_size: int = typer.Option(2000, min=10, help="samples per synthetic shard"),
                 store_shard: int = typer.Option(50000, min=10, help="rows per shard of the cached-pairs stores"),
-                epochs: int = typer.Option(1, min=1, help="training epochs per N (seconds/epoch is their mean)"),
+                epochs: int = typer.Option(2, min=1, help="training epochs per N (seconds/epoch is their mean; one epoch is a short, noisy sample)"),
                 threads: int = typer.Option(1, min=1, help="torch/ONNX threads per child process"),
                 set_: List[str] = typer.Option([], "--set", "-s", help="override a field of the training config")):
     """Embedding images/s and store training seconds/epoch at growing N, each N in a fresh process (peak RSS)."""
