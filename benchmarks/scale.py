@@ -287,11 +287,11 @@ def run_scale_bench(out: str | Path, counts: list[int], pairs: list[int], image_
             "targets": "train peak RSS at 1M pairs < 2 GB; every rss_ratio <= 1.5; every seconds_per_item_ratio "
                        "in [0.75, 1.3]",
         },
-        "results": [{"stage": "embed", "n": r["n"], "metrics": {k: r[k] for k in ("images_per_second", "seconds",
+        "results": [{"method": f"embed-{r['n']}", "stage": "embed", "n": r["n"], "metrics": {k: r[k] for k in ("images_per_second", "seconds",
                      "seconds_per_item", "peak_rss_mb", "setup_seconds") if k in r}, "params": {
                      "backend": r["backend"], "torch_threads": r["torch_threads"], "skipped": r["skipped"]}}
                     for r in embed_rows] +
-                   [{"stage": "train", "n": r["n"], "metrics": {k: r[k] for k in ("seconds_per_epoch", "epoch_seconds",
+                   [{"method": f"train-{r['n']}", "stage": "train", "n": r["n"], "metrics": {k: r[k] for k in ("seconds_per_epoch", "epoch_seconds",
                      "seconds_per_item", "peak_rss_mb", "prepare_seconds", "losses")}, "params": {
                      "steps_per_epoch": r["steps_per_epoch"], "batch_size": r["batch_size"], "shuffle": r["shuffle"],
                      "torch_threads": r["torch_threads"], "config": r["config"]}} for r in train_rows],
