@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,27 +20,15 @@ from tqdm.auto import tqdm
 
 from clipforge.data.dataset import ClassDataset, SkipReport
 from clipforge.data.images import load_image
-from clipforge.util.files import user_mode
+from clipforge.util.files import atomic_write
 from clipforge.embed.fast import MIN_ITEMS, fast_encoder, requested_backend
-from clipforge.util.testhooks import mid_write
 from clipforge.towers.base import ImagePreprocess, Tower
 
 FORMAT = 2  # 2: EfficientNet-Lite features before this were computed with the wrong activation
 
 
 def atomic_save_npz(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(mid_write(f, "cache-write"), **arrays)  # test hook: may pause part-way (tests/test_crash.py)
-            f.flush()
-            os.fsync(f.fileno())
-        user_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays), hook="cache-write")  # test hook: tests/test_crash.py
 
 
 @dataclass

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 import warnings
 import weakref
@@ -42,7 +41,7 @@ from torch import nn
 
 from clipforge.util import paths as paths
 from clipforge.util.extras import require
-from clipforge.util.files import user_mode
+from clipforge.util.files import atomic_write
 
 log = logging.getLogger("clipforge.embed.fast")
 
@@ -88,16 +87,7 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        user_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(data))
 
 
 # -- BatchNorm folding -----------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +43,8 @@ from clipforge.embed.stream import embed_shard
 from clipforge.errors import ClipforgeError
 from clipforge.towers.base import ImagePreprocess, Tower
 from clipforge.util.extras import require
-from clipforge.util.files import user_mode
-from clipforge.util.testhooks import mid_write, pause_point
+from clipforge.util.files import atomic_write, fsync_dir
+from clipforge.util.testhooks import pause_point
 
 FORMAT = 1
 DTYPES = ("float16", "float32")
@@ -82,35 +81,6 @@ class StoreLayout:
 
     def done(self, i: int) -> Path:
         return self.root / "done" / f"{self.name(i)}.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (a file system that cannot fsync a folder is left as it is)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def atomic_write(path: Path, write: Callable, hook: str | None = None) -> None:
-    """``write(file)`` into a temporary file beside ``path``, fsync, rename: ``path`` is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.stem}-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(mid_write(f, hook) if hook else f)  # test hook: may pause part-way (tests/test_feature_store_crash.py)
-            f.flush()
-            os.fsync(f.fileno())
-        user_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _sweep(layout: StoreLayout, mine: list[int]) -> None:
@@ -231,7 +201,7 @@ def write_shard(layout: StoreLayout, i: int, image: np.ndarray, text: np.ndarray
     pq = _parquet()
     import pyarrow as pa
     layout.done(i).unlink(missing_ok=True)           # a stale record must not vouch for the files replaced below
-    _fsync_dir(layout.done(i).parent)
+    fsync_dir(layout.done(i).parent)
     atomic_write(layout.image(i), _npy_writer(image), hook="store-write")
     if text is not None:
         atomic_write(layout.text(i), _npy_writer(text))

@@ -7,8 +7,12 @@ the ordinary ``0666 & ~umask`` before the file is renamed into place.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
+from typing import Callable
+
+from clipforge.util.testhooks import mid_write
 
 _lock = threading.Lock()
 
@@ -25,4 +29,35 @@ def user_mode(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~umask())
 
 
-__all__ = ["umask", "user_mode"]
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a file system that cannot fsync a folder is left as it is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def atomic_write(path: Path, write: Callable, hook: str | None = None) -> None:
+    """``write(file)`` into a temporary file beside ``path`` (``.tmp-<stem>-*<suffix>``), fsync, user mode, rename:
+    ``path`` is whole or absent. ``hook`` names a crash-test point inside the write (util/testhooks.py)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.stem}-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(mid_write(f, hook) if hook else f)
+            f.flush()
+            os.fsync(f.fileno())
+        user_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+__all__ = ["umask", "user_mode", "fsync_dir", "atomic_write"]
