@@ -62,3 +62,22 @@ def test_h_curve_is_zero_without_calibration_when_seen_scores_dominate():
     s[:, :2] += 0.5                                       # classes 0, 1 seen and favoured; 2 unseen
     curve = gzsl_h_curve(s, y, [0, 1], [2])
     assert curve[np.argmin(np.abs(GAMMA_GRID))] == 0.0 and curve.max() == 1.0
+
+
+def test_calibration_models_train_for_gzsl_epochs_and_the_real_model_for_train_epochs(monkeypatch):
+    """The pseudo-split models are cheap stand-ins trained for ``train.gzsl_epochs`` (null: as long as the run)."""
+    p = _prepared()
+    seen_epochs = []
+
+    def fake_train(cfg, p, seen=None, **kw):
+        seen_epochs.append((cfg.train.epochs, kw.get("ensemble")))
+        return object()
+
+    monkeypatch.setattr(align, "train_model", fake_train)
+    monkeypatch.setattr(align, "class_scores", lambda model, p, x: np.zeros((len(x), 10)))
+    align.calibrate_gamma(load_config(None, ["train.gzsl_pseudo_splits=3", "train.epochs=150"]), p)
+    assert seen_epochs == [(30, 1)] * 3
+    seen_epochs.clear()
+    align.calibrate_gamma(load_config(None, ["train.gzsl_pseudo_splits=2", "train.epochs=77",
+                                             "train.gzsl_epochs=null"]), p)
+    assert seen_epochs == [(77, 1)] * 2

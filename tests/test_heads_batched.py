@@ -235,3 +235,26 @@ def test_fast_dropout_masks_are_bernoullis_masks(monkeypatch):
     slow = heads._dropout_noise(ens.members, [(50, 24), (50, 16)], x)
     assert all(torch.equal(a, b) for a, b in zip(fast, slow)) and torch.equal(after_fast, torch.rand(3))
     assert set(fast[0].unique().tolist()) == {0.0, 1 / 0.7} or torch.allclose(fast[0].max(), torch.tensor(1 / 0.7))
+
+
+def test_remembered_standardisation_follows_the_features_and_the_normaliser():
+    """The standardised features are kept between full-batch steps; a change to the features (in place), a new
+    normaliser, another tensor, or features that need gradients must never get a stale copy."""
+    ens = _ensemble("linear", 0.0, 0.0).train()
+    x = torch.randn(12, 24)
+    first = ens.members_forward(x)
+    assert torch.equal(ens.members_forward(x), first)                              # the remembered copy
+    assert torch.allclose(first, ens.members_loop(x), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        x[0].add_(5.0)                                                             # in place: a new version
+    assert torch.allclose(ens.members_forward(x), ens.members_loop(x), atol=1e-6, rtol=0)
+    ens.fit_normalizer(torch.randn(40, 24) * 0.5 - 2)                              # a new normaliser
+    assert torch.allclose(ens.members_forward(x), ens.members_loop(x), atol=1e-6, rtol=0)
+    y = x.clone()
+    assert torch.allclose(ens.members_forward(y), ens.members_loop(y), atol=1e-6, rtol=0)
+    g = x.clone().requires_grad_(True)
+    ens.members_forward(g).sum().backward()
+    assert g.grad is not None and g.grad.abs().sum() > 0                           # the graph reaches the input
+    with torch.inference_mode():
+        z = torch.randn(3, 24)
+        assert torch.allclose(ens.members_forward(z), ens.members_loop(z), atol=1e-6, rtol=0)

@@ -76,14 +76,18 @@ def calibrate_gamma(cfg: RunConfig, p: Prepared, scorer=None, progress: bool = F
     """GZSL calibration chosen on the SEEN classes only. In each of several pseudo splits some seen classes play
     unseen and a small model is trained on the rest; the H-versus-gamma curves of those models, measured on the
     seen-class training images, are averaged and their best gamma kept. One pseudo split is a noisy guide (the
-    classes that play unseen decide it); the average over several is not.
+    classes that play unseen decide it); the average over several is not. The small models train for
+    ``train.gzsl_epochs`` (30): on the dev splits their gamma varied less from split to split than at 150 epochs
+    (0.12-0.165 against 0.11-0.22) and the job's calibration went from 27 s to about 5.
 
     ``scorer(classes) -> (features -> (N, n_classes) scores)`` fits another method on ``classes``; by default it
     is ``train_model`` with one head."""
     if scorer is None:
         # a fine-tuned run calibrates on head-only pseudo-split models (a fine-tune per pseudo split would be
-        # several times the cost of the run itself)
-        heads_only = cfg.model_copy(update={"towers": cfg.towers.model_copy(update={"unlock_image_last_n": 0})})
+        # several times the cost of the run itself), each trained for train.gzsl_epochs
+        epochs = cfg.train.gzsl_epochs or cfg.train.epochs
+        heads_only = cfg.model_copy(update={"towers": cfg.towers.model_copy(update={"unlock_image_last_n": 0}),
+                                            "train": cfg.train.model_copy(update={"epochs": epochs})})
 
         def scorer(classes):
             small = train_model(heads_only, p, seen=classes, progress=progress, ensemble=1)
