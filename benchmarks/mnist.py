@@ -87,8 +87,9 @@ def figure_data(clip, split: DigitSplit, scores: np.ndarray, metrics: dict, out:
 
 def run_mnist(out: str | Path, methods: list[str] = tuple(METHODS), epochs: int | None = None,
               logs: str | Path | None = "runs/mnist", smoke: bool = False, progress: bool = False,
-              cache_dir: str = ".cache/clipforge") -> Path:
-    """Train and evaluate every method on the fixed split; write ``out/mnist.json`` (+ example thumbnails)."""
+              cache_dir: str = ".cache/clipforge", smoke_per_class: int | None = None) -> Path:
+    """Train and evaluate every method on the fixed split; write ``out/mnist.json`` (+ example thumbnails).
+    ``smoke_per_class`` (smoke only) keeps N digits of each class: the pretrained rows embed every image at 224 px."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     from benchmarks.mnist_pretrained import PRETRAINED, prepare_digits, run_pretrained
@@ -96,7 +97,7 @@ def run_mnist(out: str | Path, methods: list[str] = tuple(METHODS), epochs: int 
     if unknown:
         raise ClipforgeError(f"unknown MNIST method(s) {unknown}; choose from {list(METHODS) + list(PRETRAINED)}")
     t0, load_start = time.time(), os.getloadavg()
-    split = load_small_digits() if smoke else load_mnist()
+    split = load_small_digits(per_class=smoke_per_class) if smoke else load_mnist()
     t_data = time.time() - t0
     rows, pretrained = [], None
     for method in methods:

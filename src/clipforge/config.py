@@ -79,6 +79,11 @@ class LossConfig(Strict):
     reduction: Literal["mean", "sum"] = Field("mean", description="batch-clip: mean (CLIP) or sum (the seed 'Contrastive') of the two directions")
     pair_variant: Literal["l1", "bce", "margin"] = "l1"
     margin: float = 0.2
+    structure_weight: float = Field(0.0, ge=0.0, description="weight of the STRUCTURE regulariser (keep the image "
+                                    "tower's neighbourhoods in the learned space; losses.functional.structure_loss); 0 = off")
+    structure_temperature: float = Field(0.1, gt=0.0, description="softmax temperature of its neighbour distributions")
+    structure_sample: int = Field(512, ge=2, description="images per step the regulariser compares (a random subset "
+                                  "of the batch: its cost grows with the square)")
 
 
 class TrainConfig(Strict):
@@ -102,12 +107,25 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(25, ge=1, description="epochs between last.pt checkpoints")
 
 
+# The class pipeline's concept-bank weight, chosen on the 5 development splits (docs/benchmarks.md).
+CLASS_BRIDGE_ALPHA = 0.4
+
+
+class BridgeConfig(Strict):
+    alpha: float = Field(0.35, ge=0.0, lt=1.0, description="weight of the ConSE label bridge in the score; 0 = off")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the ImageNet probabilities")
+    template: str = Field("a {}.", description="how an ImageNet class name becomes a sentence")
+
+
 class RunConfig(Strict):
     data: DataConfig = DataConfig()
     towers: TowersConfig = TowersConfig()
     head: HeadConfig = HeadConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    bridge: BridgeConfig = Field(default_factory=lambda: BridgeConfig(alpha=CLASS_BRIDGE_ALPHA),
+                                 description="the ImageNet concept bank blended into the scores (docs/zero-shot.md); "
+                                 "skipped, and said so in results.json, for an image tower without an ImageNet head")
     out: str = "runs/fashion-zsl"
     cache_dir: str = Field(default_factory=features_cache, description="embedding cache (default: the user cache dir)")
 
@@ -137,12 +155,6 @@ class CaptionTowersConfig(Strict):
     lock_text: bool = Field(True, description="keep the text tower frozen (its features are cached)")
     unlock_image_last_n: int = Field(0, ge=0, description="with lock_image=false: train only the last N blocks (0 = all)")
     unlock_text_last_n: int = Field(0, ge=0, description="with lock_text=false: train only the last N blocks (0 = all)")
-
-
-class BridgeConfig(Strict):
-    alpha: float = Field(0.35, ge=0.0, lt=1.0, description="weight of the ConSE label bridge in the score; 0 = off")
-    temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the ImageNet probabilities")
-    template: str = Field("a {}.", description="how an ImageNet class name becomes a sentence")
 
 
 class ContrastiveLossConfig(Strict):
@@ -321,7 +333,7 @@ def _data_paths(data: dict, prefix: str = "") -> set[str]:
 def pick_config_class(data: dict, overrides: list[str] = ()) -> type[Strict]:
     """The config class whose fields cover most of what ``data`` and the overrides set.
 
-    Why by fields: a caption YAML has ``data.fold`` or ``bridge``, an eval YAML ``model``, a distill YAML
+    Why by fields: a caption YAML has ``data.fold`` or ``data.language``, an eval YAML ``model``, a distill YAML
     ``teacher``; a file that every class could read (say, only ``train.epochs``) is a RunConfig, as before.
     """
     used = _data_paths(data) | {".".join(parse_override(o)[0]) for o in overrides}

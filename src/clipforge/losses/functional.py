@@ -66,6 +66,33 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse"
     raise ValueError(f"distillation loss must be mse or cosine, not {kind!r}")
 
 
+def structure_loss(reference: torch.Tensor, embedded: torch.Tensor, temperature: float = 0.1,
+                   levels: int = 1) -> torch.Tensor:
+    """The STRUCTURE regulariser ("With Limited Data for Multimodal Alignment, Let the STRUCTURE Guide You",
+    NeurIPS 2025): keep each sample's neighbourhood from the frozen tower in the learned space. Each row of the
+    batch gets a neighbour distribution, softmax over its cosine similarities / ``temperature`` with itself
+    left out, once from ``reference`` (B, D0) and once from ``embedded`` (B, D) or (K, B, D) per head; the loss is
+    their Jensen-Shannon divergence, averaged over rows (and heads). ``levels`` > 1 also compares 2-, 3-, ...
+    step neighbourhoods (powers of the row-stochastic matrices), the paper's hierarchy. With little paired data a
+    head can fit the pairs by folding the space; this term makes folding cost something."""
+    def neighbours(x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x, dim=-1)
+        s = (x @ x.transpose(-1, -2)) / temperature
+        eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
+        return F.softmax(s.masked_fill(eye, float("-inf")), dim=-1)
+
+    p, q = neighbours(reference).detach(), neighbours(embedded)
+    pl, ql, total = p, q, embedded.new_zeros(())
+    for level in range(levels):
+        if level:
+            pl, ql = pl @ p, ql @ q
+        log_m = (0.5 * (pl + ql)).clamp_min(1e-30).log()      # clamped: a row's own entry is 0, and the
+        js = 0.5 * (pl * (pl.clamp_min(1e-30).log() - log_m)).sum(-1) \
+            + 0.5 * (ql * (ql.clamp_min(1e-30).log() - log_m)).sum(-1)  # gradient of 0 * log 0 must be 0, not NaN
+        total = total + js.mean()
+    return total / levels
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' features concatenated, gradients flowing back to each rank's own slice (DDP)."""
     import torch.distributed as dist

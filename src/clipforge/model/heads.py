@@ -78,9 +78,9 @@ class HeadEnsemble(nn.Module):
         would not reproduce). ``members_loop`` is the reference the batched path is tested against."""
         if not _stackable(self.members, x):
             return self.members_loop(x)
-        return F.normalize(_stacked_forward(self.members, x, self._standardised), dim=-1)
+        return F.normalize(_stacked_forward(self.members, x, self.standardised), dim=-1)
 
-    def _standardised(self, x: torch.Tensor) -> torch.Tensor:
+    def standardised(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` of the members' shared normaliser, remembered for the last ``x``: a full-batch
         run feeds the same cached features at every step, and dividing them anew cost as much as a 1-head step's
         forward GEMM. Recomputed whenever ``x``, its contents or the normaliser change; never kept for an ``x``

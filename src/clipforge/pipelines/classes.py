@@ -22,6 +22,7 @@ import torch
 from clipforge.config import RunConfig
 from clipforge.evaluate.probe import linear_probe
 from clipforge.evaluate.zeroshot import GAMMA_GRID, ZeroShotClassifier, gzsl_h_curve, gzsl_metrics, topk_metrics
+from clipforge.embed.concepts import attach_concept_bridge
 from clipforge.model.dual_encoder import DualEncoder
 from clipforge.losses.classes import ClassBatchData, class_objective
 from clipforge.pipelines.class_data import Prepared, prepare
@@ -39,6 +40,7 @@ def train_model(cfg: RunConfig, p: Prepared, seen: list[int] | None = None, out_
     model = DualEncoder(image_tower, p.text_tower, cfg.head, ensemble or cfg.train.ensemble, cfg.train.seed,
                         tower_opts=p.tower_opts)
     model.tuned_blocks = last_n
+    model.bridge_off = attach_bridge(cfg, p, model)
     mask = np.isin(p.train_y, seen)
     x = torch.from_numpy(p.train_x[mask])
     model.image_head.fit_normalizer(x)
@@ -64,6 +66,21 @@ def train_model(cfg: RunConfig, p: Prepared, seen: list[int] | None = None, out_
     trainer.fit(objective.batches, objective, resume=resume)
     model.train_history = trainer.state.history
     return model.eval()
+
+
+def attach_bridge(cfg: RunConfig, p: Prepared, model: DualEncoder) -> str | None:
+    """Blend the ImageNet concept bank into ``model``'s scores with weight ``bridge.alpha`` (the score becomes
+    (1 - a) * cos(head) + a * cos(ConSE embedding)). The learned head knows only the seen classes; the image tower's
+    own 1000 ImageNet concepts know many more, and named, they point at unseen classes the head never saw. Returns
+    why it was left off (a tower without an ImageNet head, a Siamese similarity), or None."""
+    if cfg.bridge.alpha <= 0:
+        return None
+    if not p.image_tower.has_imagenet_head:
+        return f"{p.image_tower.tower_id} has no ImageNet head"
+    if cfg.head.similarity != "cosine":
+        return "the concept bridge blends cosines; head.similarity is not cosine"
+    attach_concept_bridge(model, p.text_tower, cfg.bridge, cfg.cache_dir)
+    return None
 
 
 def class_scores(model: DualEncoder, p: Prepared, x: np.ndarray) -> np.ndarray:
@@ -186,7 +203,8 @@ def run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> dict:
     result = {"dataset": cfg.data.source, "model": f"{cfg.towers.image} + {cfg.towers.text}", "task": "zeroshot_classification",
               "seen": [p.class_names[c] for c in p.seen], "unseen": [p.class_names[c] for c in p.unseen],
               "metrics": metrics, "n_train": int(np.isin(p.train_y, p.seen).sum()), "n_test": int(len(p.test_y)),
-              "n_skipped": len(p.skipped), "descriptions_fallback": list(p.descriptions.fallback), "seconds": {"embed": round(t_embed, 1), "total": round(time.time() - t0, 1)},
+              "n_skipped": len(p.skipped), "descriptions_fallback": list(p.descriptions.fallback),
+              "bridge": {"alpha": model.bridge_alpha, "off": model.bridge_off}, "seconds": {"embed": round(t_embed, 1), "total": round(time.time() - t0, 1)},
               "config": cfg.model_dump()}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     result["table"] = format_table(p, metrics)

