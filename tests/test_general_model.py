@@ -10,13 +10,26 @@ from captionutil import draw, make_caption_set, make_stamp_folder
 
 
 def _cli(*args, cwd):
+    """``python -m clipforge ...`` in a fresh process, as a user runs it."""
     r = subprocess.run([sys.executable, "-m", "clipforge", *args], cwd=cwd, capture_output=True, text=True,
                        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
     return r
 
 
-def test_train_general_then_zeroshot_on_a_folder_and_chinese_labels(tmp_path):
+def _cli_here(*args, monkeypatch, cwd):
+    """The same command line through the same typer app in this process (no second torch start-up: the test
+    must stay under a minute)."""
+    from typer.testing import CliRunner
+    from clipforge.cli import app
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(cwd)
+    r = CliRunner().invoke(app, list(args))
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return r
+
+
+def test_train_general_then_zeroshot_on_a_folder_and_chinese_labels(tmp_path, monkeypatch):
     stamps = make_stamp_folder(tmp_path / "tux", copies=2)
     csv = make_caption_set(tmp_path / "shapes", copies=1)
     out = tmp_path / "general"
@@ -32,11 +45,12 @@ def test_train_general_then_zeroshot_on_a_folder_and_chinese_labels(tmp_path):
         (folder / shape).mkdir(parents=True)
         for i in range(3):
             draw(shape, ("red", "green", "blue")[i], 100 + 10 * k + i).save(folder / shape / f"{i}.png")
-    _cli("zeroshot", str(out / "model"), "--data", f"folder:{folder}", "--out", str(tmp_path / "r.json"), cwd=tmp_path)
+    _cli_here("zeroshot", str(out / "model"), "--data", f"folder:{folder}", "--out", str(tmp_path / "r.json"),
+              monkeypatch=monkeypatch, cwd=tmp_path)
     r = json.loads((tmp_path / "r.json").read_text())
     m = r["metrics"]
     assert set(m) >= {"acc1", "acc5", "mean_per_class_recall"} and m["acc1"] > 1 / 3   # better than chance
 
-    zh = _cli("classify", str(out / "model"), str(folder / "circle" / "0.png"), "--labels", "圆形,正方形,三角形",
-              "--top", "1", cwd=tmp_path).stdout
+    zh = _cli_here("classify", str(out / "model"), str(folder / "circle" / "0.png"), "--labels", "圆形,正方形,三角形",
+                   "--top", "1", monkeypatch=monkeypatch, cwd=tmp_path).output
     assert "圆形" in zh and "正方形" not in zh and "三角形" not in zh       # a Chinese label list, answered in Chinese
