@@ -62,6 +62,7 @@ TESTS = [
     "tests/test_heads_values.py",
     "tests/test_heads_batched.py",
     "tests/test_heads_batched_guards.py",
+    "tests/test_structure.py",
     "tests/test_zeroshot_values.py",
     "tests/test_retrieval_values.py",
     "tests/test_baselines_values.py",
