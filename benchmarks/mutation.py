@@ -63,6 +63,8 @@ TESTS = [
     "tests/test_heads_batched.py",
     "tests/test_heads_batched_guards.py",
     "tests/test_structure.py",
+    "tests/test_objective_paths.py",
+    "tests/test_csa.py",
     "tests/test_zeroshot_values.py",
     "tests/test_retrieval_values.py",
     "tests/test_baselines_values.py",

@@ -258,3 +258,13 @@ def test_remembered_standardisation_follows_the_features_and_the_normaliser():
     with torch.inference_mode():
         z = torch.randn(3, 24)
         assert torch.allclose(ens.members_forward(z), ens.members_loop(z), atol=1e-6, rtol=0)
+
+
+def test_members_clip_loss_with_more_texts_than_images_and_several_positives_per_row():
+    torch.manual_seed(2)
+    logits = torch.randn(3, 5, 8) * 2
+    pos = torch.zeros(5, 8)
+    pos[torch.arange(5), torch.arange(5)] = 1
+    pos[0, 6] = pos[1, 7] = pos[3, 6] = 1                   # rows with 2 positives, columns with 2 owners
+    want = torch.stack([clip_loss(l, pos) for l in logits]).mean()
+    assert torch.allclose(members_clip_loss(logits, pos), want, atol=1e-6)

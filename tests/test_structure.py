@@ -52,3 +52,40 @@ def test_class_objective_adds_the_weighted_term_and_draws_nothing_when_off():
     sub = class_objective(model, data, LossConfig(structure_weight=0.5, structure_sample=4))
     torch.manual_seed(3)
     assert torch.isfinite(sub(idx)) and sub(idx) != with_term             # a subset of 4 of the 8 images
+
+
+def _reference(x, z, temperature, levels):
+    """Row by row, with the diagonal removed by hand: the definition, without the batched tricks."""
+    def rows(a):
+        a = a / a.norm(dim=-1, keepdim=True)
+        s = (a @ a.T) / temperature
+        p = torch.zeros_like(s)
+        for i in range(len(s)):
+            keep = [j for j in range(len(s)) if j != i]
+            p[i, keep] = torch.softmax(s[i, keep], 0)
+        return p
+
+    def js(p, q):            # over every entry a walk can reach: 2-step walks do return to their start
+        out = []
+        for i in range(len(p)):
+            keep = [j for j in range(len(p)) if p[i, j] > 0 and q[i, j] > 0]
+            a, b = p[i, keep], q[i, keep]
+            m = (a + b) / 2
+            out.append(0.5 * (a * (a / m).log()).sum() + 0.5 * (b * (b / m).log()).sum())
+        return torch.stack(out).mean()
+
+    p, q = rows(x), rows(z)
+    total, pl, ql = 0.0, p, q
+    for level in range(levels):
+        if level:
+            pl, ql = pl @ p, ql @ q
+        total = total + js(pl, ql)
+    return total / levels
+
+
+def test_equals_the_row_by_row_definition_for_heads_and_levels():
+    torch.manual_seed(4)
+    x, z = torch.randn(9, 7), torch.randn(3, 9, 5)
+    for levels in (1, 2):
+        want = torch.stack([_reference(x, zk, 0.3, levels) for zk in z]).mean()
+        assert torch.allclose(structure_loss(x, z, 0.3, levels), want, atol=1e-5)
