@@ -65,6 +65,8 @@ TESTS = [
     "tests/test_structure.py",
     "tests/test_objective_paths.py",
     "tests/test_csa.py",
+    "tests/test_wds.py::test_load_wds_is_a_caption_dataset_reused_while_the_shards_are_unchanged",
+    "tests/test_wds.py::test_captions_from_a_json_field_and_images_without_captions",
     "tests/test_zeroshot_values.py",
     "tests/test_retrieval_values.py",
     "tests/test_baselines_values.py",

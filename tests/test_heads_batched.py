@@ -252,8 +252,11 @@ def test_remembered_standardisation_follows_the_features_and_the_normaliser():
     assert torch.allclose(ens.members_forward(x), ens.members_loop(x), atol=1e-6, rtol=0)
     y = x.clone()
     assert torch.allclose(ens.members_forward(y), ens.members_loop(y), atol=1e-6, rtol=0)
+    z1 = ens.standardised(x)
+    assert ens.standardised(x) is z1                                               # kept: one division, not one per step
     g = x.clone().requires_grad_(True)
-    ens.members_forward(g).sum().backward()
+    for _ in range(2):                                                             # a fresh graph every step
+        ens.members_forward(g).sum().backward()
     assert g.grad is not None and g.grad.abs().sum() > 0                           # the graph reaches the input
     with torch.inference_mode():
         z = torch.randn(3, 24)

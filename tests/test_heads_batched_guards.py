@@ -194,7 +194,7 @@ def test_gradients_through_the_batched_path_match_finite_differences_in_float64(
     ens = _ens("mlp").double()
     x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
     assert _stackable(ens.members, x)
-    assert torch.autograd.gradcheck(lambda x: heads._stacked_forward(ens.members, x), (x,))
+    assert torch.autograd.gradcheck(lambda x: heads._stacked_forward(ens.members, x, ens.standardised), (x,))
 
 
 # ---- _dropout_noise --------------------------------------------------------------------------------------------

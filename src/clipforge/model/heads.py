@@ -223,14 +223,14 @@ def _stacked_linear(z: torch.Tensor, layers: list[nn.Linear]) -> torch.Tensor:
     return _StackedLinear.apply(z, *[l.weight for l in layers], *[l.bias for l in layers])
 
 
-def _stacked_forward(members: nn.ModuleList, x: torch.Tensor, standardise=None) -> torch.Tensor:
+def _stacked_forward(members: nn.ModuleList, x: torch.Tensor, standardise) -> torch.Tensor:
     """Every member's un-normalised output (K, B, O), the loop's arithmetic batched over members.
     ``standardise(x)`` computes the shared normaliser's ``(x - mean) / std`` (HeadEnsemble remembers it)."""
     first = members[0]
     lin = [_layers(m)[0] for m in members]
     shared = all(torch.equal(m.mean, first.mean) and torch.equal(m.std, first.std) for m in members[1:])
     if shared:                                           # one standardisation for all (fit_normalizer gives this)
-        z = standardise(x) if standardise is not None else (x - first.mean) / first.std
+        z = standardise(x)
     else:
         z = (x - torch.stack([m.mean for m in members]).unsqueeze(1)) / torch.stack([m.std for m in members]).unsqueeze(1)
     b = x.shape[0]
