@@ -67,6 +67,7 @@ TESTS = [
     "tests/test_csa.py",
     "tests/test_wds.py::test_load_wds_is_a_caption_dataset_reused_while_the_shards_are_unchanged",
     "tests/test_wds.py::test_captions_from_a_json_field_and_images_without_captions",
+    "tests/test_wds.py::test_a_wds_caption_source_reads_the_configured_field",
     "tests/test_zeroshot_values.py",
     "tests/test_retrieval_values.py",
     "tests/test_baselines_values.py",

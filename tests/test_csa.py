@@ -122,3 +122,36 @@ def test_more_image_features_than_pairs_still_fits(n):
     b = make("csa", dims=3).fit(img[:n], txt[:n])
     s = b.image_embed(img[n:]) @ b.text_embed(txt[n:]).T
     assert np.isfinite(s).all() and (s.argmax(1) == np.arange(50)).mean() > 0.5
+
+
+def test_csa_equals_regularised_cca_written_with_covariance_matrices():
+    """The thin-SVD CSA against the textbook construction: W = (C + lam I)^(-1/2) with lam = ridge x mean variance,
+    SVD of Wx Cxy Wy, the top canonical pairs, their Pearson correlations as weights (more pairs than features, so
+    'restricted to the data's span' is the whole space)."""
+    from clipforge.evaluate.baselines import CSA
+    rng = np.random.RandomState(7)
+    n, dx, dy, k = 40, 12, 8, 5
+    shared = rng.randn(n, 3)
+    x = shared @ rng.randn(3, dx) + 0.5 * rng.randn(n, dx) + 3.0
+    y = shared @ rng.randn(3, dy) + 0.5 * rng.randn(n, dy)
+    csa = CSA(dims=k, ridge=0.1).fit(x, y)
+
+    def whiten(c):
+        lam = 0.1 * np.trace(c) / len(c)
+        w, v = np.linalg.eigh(c + lam * np.eye(len(c)))
+        return v @ np.diag(w ** -0.5) @ v.T
+
+    yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+    xc, yc = x - x.mean(0), yn - yn.mean(0)
+    wx, wy = whiten(xc.T @ xc / n), whiten(yc.T @ yc / n)
+    p, _, qt = np.linalg.svd(wx @ (xc.T @ yc / n) @ wy)
+    a, b = wx @ p[:, :k], wy @ qt[:k].T
+    zx, zy = xc @ a, yc @ b
+    corr = (zx * zy).sum(0) / np.sqrt((zx ** 2).sum(0) * (zy ** 2).sum(0))
+    assert np.allclose(csa.corr, corr, atol=1e-6)
+    tx, ty = rng.randn(6, dx) + 3.0, rng.randn(6, dy)
+    tyn = ty / np.linalg.norm(ty, axis=1, keepdims=True)
+    ex = (tx - x.mean(0)) @ a
+    ey = (tyn - yn.mean(0)) @ b
+    want = (ex / np.linalg.norm(ex, axis=1, keepdims=True) * corr) @ (ey / np.linalg.norm(ey, axis=1, keepdims=True)).T
+    assert np.allclose(csa.image_embed(tx) @ csa.text_embed(ty).T, want, atol=1e-5)

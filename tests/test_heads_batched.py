@@ -261,6 +261,7 @@ def test_remembered_standardisation_follows_the_features_and_the_normaliser():
     with torch.inference_mode():
         z = torch.randn(3, 24)
         assert torch.allclose(ens.members_forward(z), ens.members_loop(z), atol=1e-6, rtol=0)
+    assert torch.allclose(ens.members_forward(z), ens.members_loop(z), atol=1e-6, rtol=0)  # made in inference mode
 
 
 def test_members_clip_loss_with_more_texts_than_images_and_several_positives_per_row():

@@ -181,3 +181,9 @@ def test_downloaded_shards_train_to_the_same_mr_as_the_csv_of_the_same_pairs(tmp
     chance = np.mean([min(k, w["n_images"]) / w["n_images"] for k in (1, 5, 10)])
     assert w["MR"] > chance + 0.03, (w, chance)                 # it learned something, so the comparison means something
     assert abs(w["MR"] - c["MR"]) <= 0.01, (w, c)
+
+
+def test_a_wds_caption_source_reads_the_configured_field(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPFORGE_DATA", str(tmp_path / "data"))
+    ds = load_caption_source(f"wds:{shards}/00000.tar", caption_field="caption")
+    assert ds.captions == [["from json"]]
