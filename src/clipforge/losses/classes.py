@@ -105,7 +105,7 @@ class ClassDescriptionObjective(Objective):
         of the standardised tower features (what the head reads) against those of each head's embedding."""
         n = feats.shape[0]
         sub = torch.randperm(n)[:self.cfg.structure_sample] if n > self.cfg.structure_sample else slice(None)
-        reference = self.model.image_head.standardised(feats.detach()[sub])
+        reference = self.model.image_head.standardised(feats)[sub]   # the step's own (kept) standardisation
         return structure_loss(reference, z[:, sub], self.cfg.structure_temperature)
 
 

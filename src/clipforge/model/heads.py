@@ -96,6 +96,12 @@ class HeadEnsemble(nn.Module):
         self._memo = (x, key, z)
         return z
 
+    def train(self, mode: bool = True) -> "HeadEnsemble":
+        """Switching mode drops the kept standardisation: a trained model must not hold a copy of its training
+        features (hundreds of MB for a full-size class set) through evaluation and serving."""
+        self._memo = None
+        return super().train(mode)
+
     def members_loop(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([F.normalize(m(x), dim=-1) for m in self.members])  # (K, B, D)
 
